@@ -1,0 +1,59 @@
+"""lmtp_core: a sans-I/O LMTP (RFC 2033) protocol core, client and server roles.
+
+Re-exports only; see the README for how to drive a connection.
+"""
+
+from ._body import BareLineEndings, LongLines
+from ._client import Capabilities, ClientConnection, ClientState, Phase, Ready
+from ._delivery import RecipientResult, Stage, Status, TransactionResult
+from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from ._events import (
+    ConnectionClosed,
+    EndOfData,
+    Lhlo,
+    MailFrom,
+    MessageData,
+    MessageRefused,
+    Params,
+    Quit,
+    RcptTo,
+    Reply,
+    Rset,
+    Signal,
+    StartTls,
+)
+from ._limits import Limits
+from ._server import ServerConnection, ServerState
+
+__all__ = [
+    "BareLineEndings",
+    "Capabilities",
+    "ClientConnection",
+    "ClientState",
+    "ConnectionClosed",
+    "EndOfData",
+    "Lhlo",
+    "Limits",
+    "LocalProtocolError",
+    "LongLines",
+    "MailFrom",
+    "MessageData",
+    "MessageRefused",
+    "Params",
+    "Phase",
+    "ProtocolError",
+    "Quit",
+    "RcptTo",
+    "Ready",
+    "RecipientResult",
+    "RemoteProtocolError",
+    "Reply",
+    "Rset",
+    "ServerConnection",
+    "ServerState",
+    "Signal",
+    "Stage",
+    "StartTls",
+    "Status",
+    "TransactionResult",
+]

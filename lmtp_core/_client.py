@@ -1,0 +1,583 @@
+"""The client role: greeting, LHLO, STARTTLS, then any number of transactions.
+
+How it works. The connection keeps a queue of what each expected reply answers
+(_Await: LHLO, MAIL, RCPT i, DATA, one BDAT chunk, one final reply per accepted
+recipient, ...), in the order the commands were written. next_event() pops replies off
+the receive buffer and applies each to the head of that queue, so pairing is purely
+positional however the replies were split across reads. With PIPELINING, MAIL, every
+RCPT and DATA (or the first BDAT chunk) go out as one write; without it, one command
+waits for the previous reply. The body is asked for with Signal.NEED_BODY only after
+354 (DATA), or at once for the first BDAT chunk; later BDAT chunks each wait for the
+previous chunk's reply, so a refused transaction costs at most one chunk.
+
+When the reader raises RemoteProtocolError, or the driver reports end of file or an
+abort, the transaction in progress is settled by Transaction.lost() and returned as a
+TransactionResult, then ConnectionClosed; the client never raises for the peer's
+faults. A 421 reply settles things the same way, since the server is closing.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ._body import BodyEncoder, LongLines
+from ._buffer import ReceiveBuffer
+from ._delivery import Transaction, TransactionResult
+from ._errors import LocalProtocolError, RemoteProtocolError
+from ._events import ConnectionClosed, MailFrom, Params, RcptTo, Reply, Signal, StartTls
+from ._grammar import (
+    ESMTP_KEYWORD,
+    ESMTP_VALUE,
+    LHLO_DOMAIN,
+    MAILBOX,
+    MAILBOX_UTF8,
+    MAX_DOMAIN,
+    MAX_LOCAL_PART,
+    MAX_PATH,
+)
+from ._limits import Limits
+from ._readers import ReplyReader
+from ._writers import write_params
+
+__all__ = ["Capabilities", "ClientConnection", "ClientState", "Phase", "Ready"]
+
+
+class ClientState(enum.Enum):
+    CONNECTING = "connecting"  # greeting, LHLO and STARTTLS are under way
+    TLS_HANDSHAKE = "tls_handshake"  # the driver is starting TLS
+    READY = "ready"  # idle: start_transaction() or quit() may be called
+    TRANSACTION = "transaction"
+    CLOSED = "closed"
+
+
+class Phase(enum.Enum):
+    """What the client is waiting for, named after RFC 5321 4.5.3.2's timeouts, so
+    that a driver can look up a deadline without knowing the protocol."""
+
+    GREETING = "greeting"
+    LHLO = "lhlo"
+    STARTTLS = "starttls"
+    MAIL = "mail"
+    RCPT = "rcpt"
+    DATA_INIT = "data_init"
+    DATA_BLOCK = "data_block"
+    DATA_END = "data_end"
+    COMMAND = "command"  # RSET, QUIT
+
+
+class _Await(enum.Enum):
+    GREETING = enum.auto()
+    LHLO = enum.auto()
+    STARTTLS = enum.auto()
+    MAIL = enum.auto()
+    RCPT = enum.auto()
+    DATA = enum.auto()
+    BDAT = enum.auto()
+    BDAT_LAST = enum.auto()
+    FINAL = enum.auto()
+    RSET = enum.auto()
+    QUIT = enum.auto()
+
+
+_PHASE = {
+    _Await.GREETING: Phase.GREETING,
+    _Await.LHLO: Phase.LHLO,
+    _Await.STARTTLS: Phase.STARTTLS,
+    _Await.MAIL: Phase.MAIL,
+    _Await.RCPT: Phase.RCPT,
+    _Await.DATA: Phase.DATA_INIT,
+    _Await.BDAT: Phase.DATA_BLOCK,
+    _Await.BDAT_LAST: Phase.DATA_END,
+    _Await.FINAL: Phase.DATA_END,
+    _Await.RSET: Phase.COMMAND,
+    _Await.QUIT: Phase.COMMAND,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """The LHLO reply: the server's name and its extensions with their parameters."""
+
+    server: str
+    extensions: tuple[tuple[str, str], ...]
+
+    def __contains__(self, keyword: object) -> bool:
+        return isinstance(keyword, str) and self.param(keyword) is not None
+
+    def param(self, keyword: str) -> str | None:
+        """The text after the keyword ("" if none), or None if it was not offered."""
+        keyword = keyword.upper()
+        for key, value in self.extensions:
+            if key == keyword:
+                return value
+        return None
+
+    @property
+    def size(self) -> int | None:
+        """The SIZE limit in octets, or None when none is given (RFC 1870: 0 is none)."""
+        value = self.param("SIZE")
+        return int(value) if value and value.isdigit() and int(value) > 0 else None
+
+    @classmethod
+    def from_reply(cls, reply: Reply) -> Capabilities:
+        first, *rest = reply.lines
+        extensions = []
+        for line in rest:
+            keyword, _, value = line.strip().partition(" ")
+            if ESMTP_KEYWORD.fullmatch(keyword):
+                extensions.append((keyword.upper(), value.strip()))
+        return cls(first.partition(" ")[0], tuple(extensions))
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """The session is open (greeting, LHLO and any STARTTLS done): start a transaction."""
+
+    capabilities: Capabilities
+
+
+# Which extension each MAIL/RCPT parameter needs (RFC 1870, 6152, 3030, 6531, 3461).
+_PARAM_NEEDS = {
+    "SIZE": "SIZE",
+    "SMTPUTF8": "SMTPUTF8",
+    "RET": "DSN",
+    "ENVID": "DSN",
+    "NOTIFY": "DSN",
+    "ORCPT": "DSN",
+}
+_BODY_NEEDS = {"7BIT": None, "8BITMIME": "8BITMIME", "BINARYMIME": "BINARYMIME"}
+
+
+ClientEvent = Ready | TransactionResult | StartTls | ConnectionClosed | Signal
+
+
+class ClientConnection:
+    """The sans-I/O LMTP client. See the module comment for how it works."""
+
+    def __init__(
+        self,
+        *,
+        lhlo_name: str = "localhost",
+        require_starttls: bool = False,
+        chunking: bool = True,
+        long_lines: LongLines = LongLines.ERROR,
+        limits: Limits | None = None,
+    ) -> None:
+        if not LHLO_DOMAIN.fullmatch(lhlo_name):
+            raise LocalProtocolError(f"LHLO name {lhlo_name!r} is not a domain or address literal")
+        self._name = lhlo_name
+        self._require_starttls = require_starttls
+        self._tls = False
+        self._chunking = chunking
+        self._long_lines = long_lines
+        self._limits = limits or Limits()
+        self._buffer = ReceiveBuffer()
+        self._reader = ReplyReader(self._limits)
+        self._out = bytearray()
+        self._awaiting: deque[_Await] = deque([_Await.GREETING])
+        self._events: deque[ClientEvent] = deque()
+        self.state = ClientState.CONNECTING
+        self.capabilities: Capabilities | None = None
+        # The transaction in progress, and how its commands and body go out.
+        self._txn: Transaction | None = None
+        self._encoder: BodyEncoder | None = None
+        self._pipelined = False
+        self._rcpt_lines: list[str] = []  # without pipelining: sent one reply at a time
+        self._held = ""  # with pipelining and BDAT: the envelope, sent with the first chunk
+        self._bdat: bytearray | None = None  # body gathered for the next BDAT chunk
+        self._body_open = False  # the driver is to feed the body now
+        self._body_ended = False
+        self._rset_due = False
+
+    # ---- driver side ---------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Bytes read from the transport (b"" is allowed and changes nothing)."""
+        if self.state is ClientState.CLOSED or not data:
+            return
+        if self.state is ClientState.TLS_HANDSHAKE:
+            raise LocalProtocolError("receive_data() during the TLS handshake")
+        self._buffer.feed(data)
+
+    def receive_eof(self) -> None:
+        """The server closed the connection: settle what is pending."""
+        if self.state is not ClientState.CLOSED:
+            self._lose("the server closed the connection")
+
+    def abort(self, reason: str) -> None:
+        """The transport failed or a deadline passed: settle what is pending and close."""
+        if self.state is not ClientState.CLOSED:
+            self._lose(reason)
+
+    def tls_established(self) -> None:
+        """The driver finished the TLS handshake that StartTls asked for."""
+        if self.state is not ClientState.TLS_HANDSHAKE:
+            raise LocalProtocolError("tls_established() without a StartTls")
+        self._tls = True
+        self.capabilities = None  # RFC 3207 4.2: forget what was learnt in the clear
+        self.state = ClientState.CONNECTING
+        self._command(f"LHLO {self._name}", _Await.LHLO)
+
+    def data_to_send(self) -> bytes:
+        """Bytes to write now (possibly b"")."""
+        data = bytes(self._out)
+        self._out.clear()
+        return data
+
+    @property
+    def phase(self) -> Phase:
+        """What the client waits for now, for the driver's deadline."""
+        if self._awaiting:
+            return _PHASE[self._awaiting[0]]
+        return Phase.DATA_BLOCK if self._body_open else Phase.COMMAND
+
+    def next_event(self) -> ClientEvent:
+        """Ready, TransactionResult, StartTls, ConnectionClosed or a Signal.
+
+        Signal.NEED_DATA: read and call receive_data(). Signal.NEED_BODY: call
+        send_body() or end_body(). Write data_to_send() before waiting on either.
+        Never raises for anything the server does; LocalProtocolError if called
+        after ConnectionClosed or when nothing is awaited (READY)."""
+        while not self._events:
+            if self.state is ClientState.CLOSED:
+                raise LocalProtocolError("next_event() after ConnectionClosed")
+            if self._body_open:
+                bdat = self._bdat
+                if bdat is None or (len(bdat) < self._limits.bdat_chunk and not self._body_ended):
+                    return Signal.NEED_BODY
+                if self._held or not self._awaiting:
+                    self._flush_bdat()
+                    continue
+                # a full chunk is waiting for the previous chunk's reply: read it
+            if not self._awaiting:
+                raise LocalProtocolError(
+                    f"next_event() with nothing to wait for ({self.state.name})"
+                )
+            try:
+                reply = self._reader.read(self._buffer)
+            except RemoteProtocolError as exc:
+                self._lose(str(exc), error=exc)
+                continue
+            if reply is None:
+                return Signal.NEED_DATA
+            self._on_reply(reply)
+        return self._events.popleft()
+
+    # ---- application side ----------------------------------------------------------
+
+    def start_transaction(
+        self,
+        sender: str | MailFrom,
+        recipients: Sequence[str | RcptTo],
+        *,
+        size: int | None = None,
+        eight_bit: bool | None = None,
+    ) -> None:
+        """Begin delivering one message. Nothing is queued if this raises.
+
+        ``size`` (octets, if known) is sent as SIZE= when offered. ``eight_bit``: True
+        if the body has 8-bit bytes, False if not, None if unknown (BODY=8BITMIME is
+        then declared whenever the server offers it, and otherwise the body is checked
+        as it streams). SMTPUTF8 is added when an address needs it."""
+        if self.state is not ClientState.READY:
+            raise LocalProtocolError(f"start_transaction() in state {self.state.name}")
+        caps = self.capabilities
+        assert caps is not None
+        mail = sender if isinstance(sender, MailFrom) else MailFrom(sender)
+        rcpts = tuple(r if isinstance(r, RcptTo) else RcptTo(r) for r in recipients)
+        if not rcpts:
+            raise LocalProtocolError("a transaction needs at least one recipient")
+        params = {key.upper(): value for key, value in mail.params}
+        if not mail.address.isascii() or not all(r.address.isascii() for r in rcpts):
+            params.setdefault("SMTPUTF8", None)
+        if size is not None and "SIZE" in caps and "SIZE" not in params:
+            if caps.size is not None and size > caps.size:
+                raise LocalProtocolError(
+                    f"the message ({size} octets) is over the server's SIZE limit ({caps.size})"
+                )
+            params["SIZE"] = str(size)
+        if "BODY" not in params and eight_bit is not False and "8BITMIME" in caps:
+            params["BODY"] = "8BITMIME"
+        body = (params.get("BODY") or "7BIT").upper()
+        if body not in _BODY_NEEDS:
+            raise LocalProtocolError(f"unknown BODY type {body!r}")
+        if eight_bit and body == "7BIT":
+            raise LocalProtocolError(
+                "the message has 8-bit bytes but the server did not offer 8BITMIME"
+            )
+        binary = body == "BINARYMIME"
+        if binary and "CHUNKING" not in caps:
+            raise LocalProtocolError(
+                "BODY=BINARYMIME needs CHUNKING, which the server did not offer"
+            )
+        mail = MailFrom(mail.address, tuple(params.items()))
+        lines = [self._mail_line(mail, caps)] + [self._rcpt_line(r, caps) for r in rcpts]
+
+        # Everything is valid: commit.
+        use_bdat = binary or (self._chunking and "CHUNKING" in caps)
+        self._txn = Transaction(mail, rcpts)
+        self.state = ClientState.TRANSACTION
+        self._encoder = BodyEncoder(
+            dot_stuff=not use_bdat,
+            binary=binary,
+            allow_8bit=body != "7BIT",
+            max_line=None if self._long_lines is LongLines.ALLOW else self._limits.text_line - 2,
+        )
+        self._bdat = bytearray() if use_bdat else None
+        self._body_ended = False
+        self._rset_due = False
+        self._pipelined = "PIPELINING" in caps
+        if self._pipelined:
+            self._awaiting.extend([_Await.MAIL] + [_Await.RCPT] * len(rcpts))
+            envelope = "".join(line + "\r\n" for line in lines)
+            if use_bdat:
+                self._held = envelope
+                self._body_open = True
+            else:
+                self._command(envelope + "DATA", _Await.DATA)
+        else:
+            self._rcpt_lines = lines[:0:-1]  # reversed, so pop() gives them in order
+            self._command(lines[0], _Await.MAIL)
+
+    def send_body(self, data: bytes) -> None:
+        """The next piece of the message, after Signal.NEED_BODY. Raises
+        LocalProtocolError for a body the session cannot carry (an 8-bit byte without
+        8BITMIME, an over-long line); the connection must then be closed."""
+        if not self._body_open or self._body_ended:
+            raise LocalProtocolError("send_body() when the body was not asked for")
+        assert self._encoder is not None
+        try:
+            encoded = self._encoder.encode(bytes(data))
+        except LocalProtocolError as exc:
+            self._lose(f"message refused locally: {exc}")
+            raise
+        if self._bdat is None:
+            self._out += encoded
+        else:
+            self._bdat += encoded
+
+    def end_body(self) -> None:
+        """The message is complete."""
+        if not self._body_open or self._body_ended:
+            raise LocalProtocolError("end_body() when the body was not asked for")
+        assert self._encoder is not None and self._txn is not None
+        tail = self._encoder.finish()
+        self._body_ended = True
+        if self._bdat is None:
+            self._out += tail
+            self._body_open = False
+            self._txn.end_sent = True
+            self._awaiting.append(_Await.FINAL)
+        else:
+            self._bdat += tail
+
+    def quit(self) -> None:
+        """Say QUIT; next_event() then gives ConnectionClosed once the server answered."""
+        if self.state is not ClientState.READY:
+            raise LocalProtocolError(f"quit() in state {self.state.name}")
+        self._command("QUIT", _Await.QUIT)
+
+    # ---- commands ------------------------------------------------------------------
+
+    def _command(self, line: str, awaiting: _Await) -> None:
+        self._out += (line + "\r\n").encode("utf-8")
+        self._awaiting.append(awaiting)
+
+    def _check_path(self, address: str, caps: Capabilities, what: str) -> None:
+        if address == "" and what == "sender":
+            return
+        match = (MAILBOX if address.isascii() else MAILBOX_UTF8).fullmatch(address)
+        if match is None:
+            raise LocalProtocolError(f"invalid {what} address {address!r}")
+        if not address.isascii() and "SMTPUTF8" not in caps:
+            raise LocalProtocolError(
+                f"{what} {address!r} needs SMTPUTF8, which the server did not offer"
+            )
+        if (
+            len(match["local"].encode()) > MAX_LOCAL_PART
+            or len(match["domain"].encode()) > MAX_DOMAIN
+            or len(address.encode()) + 2 > MAX_PATH
+        ):
+            raise LocalProtocolError(
+                f"{what} {address!r} is over the RFC 5321 4.5.3.1 length limits"
+            )
+
+    def _check_params(self, params: Params, caps: Capabilities) -> None:
+        for key, value in params:
+            if not ESMTP_KEYWORD.fullmatch(key):
+                raise LocalProtocolError(f"invalid parameter keyword {key!r}")
+            if value is not None and not ESMTP_VALUE.fullmatch(value):
+                raise LocalProtocolError(f"invalid value for parameter {key}: {value!r}")
+            keyword = key.upper()
+            if keyword == "BODY":
+                needs = _BODY_NEEDS.get((value or "").upper())
+            else:
+                needs = _PARAM_NEEDS.get(keyword, keyword)
+            if needs is not None and needs not in caps:
+                raise LocalProtocolError(
+                    f"parameter {key} needs {needs}, which the server did not offer"
+                )
+
+    def _checked_line(self, line: str) -> str:
+        if len(line.encode()) + 2 > self._limits.command_line:
+            raise LocalProtocolError(f"command longer than {self._limits.command_line} octets")
+        return line
+
+    def _mail_line(self, mail: MailFrom, caps: Capabilities) -> str:
+        self._check_path(mail.address, caps, "sender")
+        self._check_params(mail.params, caps)
+        return self._checked_line(f"MAIL FROM:<{mail.address}>{write_params(mail.params)}")
+
+    def _rcpt_line(self, rcpt: RcptTo, caps: Capabilities) -> str:
+        self._check_path(rcpt.address, caps, "recipient")
+        self._check_params(rcpt.params, caps)
+        return self._checked_line(f"RCPT TO:<{rcpt.address}>{write_params(rcpt.params)}")
+
+    def _flush_bdat(self) -> None:
+        """Write the next BDAT chunk, after the held-back envelope if any."""
+        bdat = self._bdat
+        assert bdat is not None and self._txn is not None
+        size = self._limits.bdat_chunk
+        last = self._body_ended and len(bdat) <= size
+        chunk = bytes(bdat[:size])
+        del bdat[:size]
+        head = f"{self._held}BDAT {len(chunk)}{' LAST' if last else ''}\r\n"
+        self._held = ""
+        self._out += head.encode("utf-8")
+        self._out += chunk
+        if last:
+            self._body_open = False
+            self._txn.end_sent = True
+            self._awaiting.append(_Await.BDAT_LAST)
+        else:
+            self._awaiting.append(_Await.BDAT)
+
+    # ---- replies -------------------------------------------------------------------
+
+    def _on_reply(self, reply: Reply) -> None:
+        kind = self._awaiting.popleft()
+        if kind is _Await.GREETING:
+            if reply.code != 220:
+                return self._close("the server refused the session", reply)
+            self._command(f"LHLO {self._name}", _Await.LHLO)
+        elif kind is _Await.LHLO:
+            if not reply.is_positive:
+                return self._close("the server refused LHLO", reply)
+            self.capabilities = caps = Capabilities.from_reply(reply)
+            if self._require_starttls and not self._tls:
+                if "STARTTLS" not in caps:
+                    return self._close(
+                        "STARTTLS is required but the server does not offer it", quit=True
+                    )
+                self._command("STARTTLS", _Await.STARTTLS)
+            else:
+                self.state = ClientState.READY
+                self._events.append(Ready(caps))
+        elif kind is _Await.STARTTLS:
+            if reply.code != 220:
+                return self._close("the server refused STARTTLS", reply, quit=True)
+            if self._buffer or self._reader.partial:
+                error = RemoteProtocolError(
+                    "bytes after the 220 reply to STARTTLS (STARTTLS response injection)"
+                )
+                return self._lose(str(error), error=error)
+            self.state = ClientState.TLS_HANDSHAKE
+            self._events.append(StartTls())
+        elif kind is _Await.QUIT:
+            self._close("quit", reply)
+        elif kind is _Await.RSET:
+            self._finish()
+        else:
+            self._on_transaction_reply(kind, reply)
+            if reply.code == 421 and self.state is not ClientState.CLOSED:
+                self._lose("the server is closing the connection", reply=reply)
+
+    def _on_transaction_reply(self, kind: _Await, reply: Reply) -> None:
+        txn = self._txn
+        assert txn is not None
+        if kind is _Await.MAIL:
+            txn.on_mail(reply)
+            if not self._pipelined:
+                if reply.is_positive:
+                    self._command(self._rcpt_lines.pop(), _Await.RCPT)
+                else:
+                    self._finish_transaction()
+        elif kind is _Await.RCPT:
+            txn.on_rcpt(reply)
+            if not self._pipelined:
+                if self._rcpt_lines:
+                    self._command(self._rcpt_lines.pop(), _Await.RCPT)
+                elif not txn.accepted:
+                    self._rset_due = True
+                    self._finish_transaction()
+                elif self._bdat is None:
+                    self._command("DATA", _Await.DATA)
+                else:
+                    self._body_open = True
+        elif kind is _Await.DATA:
+            if reply.code == 354 and txn.accepted:
+                self._body_open = True
+            elif reply.code == 354:
+                self._lose("the server answered DATA with 354 though no recipient was accepted")
+            else:
+                txn.on_data_failed(reply)
+                self._rset_due = bool(txn.mail_ok)
+                self._finish_transaction()
+        elif kind is _Await.BDAT:
+            if not reply.is_positive or not txn.accepted:
+                txn.on_data_failed(reply)
+                self._rset_due = bool(txn.mail_ok)
+                self._finish_transaction()
+        elif kind is _Await.BDAT_LAST and not txn.accepted:
+            # Nobody to deliver to: the server answers the chunk once, with a refusal.
+            self._rset_due = bool(txn.mail_ok)
+            self._finish_transaction()
+        else:  # BDAT_LAST with recipients, or FINAL: one reply per accepted recipient
+            txn.on_final(reply)
+            if txn.finals_due:
+                self._awaiting.appendleft(_Await.FINAL)
+            else:
+                self._finish_transaction()
+
+    def _finish_transaction(self) -> None:
+        assert not self._awaiting, "a transaction ends only when every reply is in"
+        self._body_open = False
+        self._bdat = None
+        self._held = ""
+        self._rcpt_lines = []
+        if self._rset_due:
+            self._rset_due = False
+            self._command("RSET", _Await.RSET)
+        else:
+            self._finish()
+
+    def _finish(self) -> None:
+        txn = self._txn
+        assert txn is not None
+        self._txn = None
+        self._encoder = None
+        self.state = ClientState.READY
+        self._events.append(txn.result())
+
+    def _close(self, reason: str, reply: Reply | None = None, *, quit: bool = False) -> None:
+        if quit:
+            self._out += b"QUIT\r\n"
+        self.state = ClientState.CLOSED
+        self._awaiting.clear()
+        self._events.append(ConnectionClosed(reason, reply))
+
+    def _lose(
+        self, reason: str, *, reply: Reply | None = None, error: RemoteProtocolError | None = None
+    ) -> None:
+        txn = self._txn
+        if txn is not None:
+            txn.lost()
+            self._events.append(txn.result())
+            self._txn = None
+        self.state = ClientState.CLOSED
+        self._awaiting.clear()
+        self._body_open = False
+        self._events.append(ConnectionClosed(reason, reply, error))

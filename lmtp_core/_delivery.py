@@ -1,0 +1,149 @@
+"""One transaction's bookkeeping on the client: who is accepted, and each outcome.
+
+How it works: a Transaction holds one slot per recipient given, in order (duplicates
+are separate slots: LMTP pairs replies by position, never by address). Replies are
+applied as they arrive: MAIL, then one per RCPT, then the DATA or BDAT replies, then
+one per accepted recipient after the end of data, in RCPT order. When the connection
+ends early, lost() fills the empty slots: UNKNOWN for accepted recipients once the end
+of data was handed to the driver (the server may have stored the message), otherwise
+TEMPORARY (the message cannot have been stored). DELIVERED only ever comes from a 2xx
+reply after the data.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from ._events import MailFrom, RcptTo, Reply
+
+__all__ = ["RecipientResult", "Stage", "Status", "TransactionResult"]
+
+
+class Status(enum.StrEnum):
+    DELIVERED = "delivered"
+    TEMPORARY = "temporary"
+    PERMANENT = "permanent"
+    UNKNOWN = "unknown"
+
+
+class Stage(enum.StrEnum):
+    """Where the outcome was decided: the envelope (MAIL or RCPT) or the data."""
+
+    RCPT = "rcpt"
+    DATA = "data"
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientResult:
+    recipient: str
+    status: Status
+    #: The server's reply, or None when the connection ended before it came.
+    reply: Reply | None
+    #: Where it was decided; None when no reply came.
+    stage: Stage | None
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionResult:
+    """One outcome per recipient given, in the order given."""
+
+    recipients: tuple[RecipientResult, ...]
+
+    @property
+    def all_delivered(self) -> bool:
+        return all(r.status is Status.DELIVERED for r in self.recipients)
+
+    @property
+    def delivered(self) -> tuple[RecipientResult, ...]:
+        return self._with(Status.DELIVERED)
+
+    @property
+    def retry(self) -> tuple[RecipientResult, ...]:
+        """Recipients worth another attempt: temporary failures and unknowns."""
+        return self._with(Status.TEMPORARY, Status.UNKNOWN)
+
+    @property
+    def failed(self) -> tuple[RecipientResult, ...]:
+        return self._with(Status.PERMANENT)
+
+    def _with(self, *statuses: Status) -> tuple[RecipientResult, ...]:
+        return tuple(r for r in self.recipients if r.status in statuses)
+
+
+def _status(reply: Reply) -> Status:
+    if reply.is_positive:
+        return Status.DELIVERED
+    return Status.TEMPORARY if reply.is_transient else Status.PERMANENT
+
+
+class Transaction:
+    __slots__ = (
+        "mail",
+        "rcpts",
+        "slots",
+        "accepted",
+        "mail_ok",
+        "rcpt_replies",
+        "end_sent",
+        "finals",
+    )
+
+    def __init__(self, mail: MailFrom, rcpts: tuple[RcptTo, ...]) -> None:
+        self.mail = mail
+        self.rcpts = rcpts
+        self.slots: list[RecipientResult | None] = [None] * len(rcpts)
+        #: Indices of recipients accepted at RCPT, in RCPT order.
+        self.accepted: list[int] = []
+        self.mail_ok: bool | None = None
+        self.rcpt_replies = 0
+        #: The end of data (final dot or BDAT LAST) was handed to the driver.
+        self.end_sent = False
+        #: Replies received after the end of data so far.
+        self.finals = 0
+
+    def _set(self, index: int, status: Status, reply: Reply | None, stage: Stage | None) -> None:
+        if self.slots[index] is None:
+            self.slots[index] = RecipientResult(self.rcpts[index].address, status, reply, stage)
+
+    def on_mail(self, reply: Reply) -> None:
+        self.mail_ok = reply.is_positive
+        if not self.mail_ok:
+            for index in range(len(self.rcpts)):
+                self._set(index, _status(reply), reply, Stage.RCPT)
+
+    def on_rcpt(self, reply: Reply) -> None:
+        index = self.rcpt_replies
+        self.rcpt_replies += 1
+        if not self.mail_ok:
+            return  # every slot already holds the MAIL reply
+        if reply.is_positive:
+            self.accepted.append(index)
+        else:
+            self._set(index, _status(reply), reply, Stage.RCPT)
+
+    def on_data_failed(self, reply: Reply) -> None:
+        """DATA or a BDAT chunk was refused: the message goes to nobody."""
+        for index in self.accepted:
+            self._set(index, _status(reply), reply, Stage.DATA)
+
+    def on_final(self, reply: Reply) -> None:
+        index = self.accepted[self.finals]
+        self.finals += 1
+        self._set(index, _status(reply), reply, Stage.DATA)
+
+    @property
+    def finals_due(self) -> int:
+        return len(self.accepted) - self.finals
+
+    def lost(self) -> None:
+        accepted = set(self.accepted)
+        for index in range(len(self.rcpts)):
+            if index in accepted and self.end_sent:
+                self._set(index, Status.UNKNOWN, None, None)
+            else:
+                self._set(index, Status.TEMPORARY, None, None)
+
+    def result(self) -> TransactionResult:
+        assert all(slot is not None for slot in self.slots)
+        return TransactionResult(tuple(slot for slot in self.slots if slot is not None))

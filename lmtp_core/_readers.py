@@ -1,0 +1,71 @@
+"""Bytes to events: the client's reply reader.
+
+How it works: take_line() hands over one CRLF-terminated line at a time (bounded by
+Limits.reply_line). Each line must be a three-digit code, then "-" (more lines
+follow), " " or nothing (last line), then printable ASCII; every line of one reply
+must carry the same code, and a reply may have at most Limits.reply_lines lines.
+Anything else raises RemoteProtocolError: a server that breaks reply framing can no
+longer be trusted to pair replies with commands. The enhanced status code (RFC 2034)
+is read from the first line and removed from every line that repeats it.
+"""
+
+from __future__ import annotations
+
+from ._buffer import LineTooLong, ReceiveBuffer
+from ._errors import RemoteProtocolError
+from ._events import Reply
+from ._grammar import ENHANCED, REPLY_LINE
+from ._limits import Limits
+
+
+class ReplyReader:
+    __slots__ = ("_limits", "_code", "_lines")
+
+    def __init__(self, limits: Limits) -> None:
+        self._limits = limits
+        self._code = b""
+        self._lines: list[str] = []
+
+    @property
+    def partial(self) -> bool:
+        """True while a multi-line reply has started but not ended."""
+        return bool(self._lines)
+
+    def read(self, buffer: ReceiveBuffer) -> Reply | None:
+        """The next complete reply in ``buffer``, or None until one is complete."""
+        while True:
+            line = buffer.take_line(self._limits.reply_line)
+            if line is None:
+                return None
+            if line is LineTooLong.TOKEN:
+                raise RemoteProtocolError(
+                    f"reply line longer than {self._limits.reply_line} octets"
+                )
+            match = REPLY_LINE.fullmatch(line)
+            if match is None:
+                raise RemoteProtocolError(f"malformed reply line {line[:80]!r}")
+            code = match["code"]
+            if self._lines and code != self._code:
+                raise RemoteProtocolError(
+                    f"reply line with code {code.decode()} inside a {self._code.decode()} reply"
+                )
+            self._code = code
+            self._lines.append((match["text"] or b"").decode("ascii"))
+            if len(self._lines) > self._limits.reply_lines:
+                raise RemoteProtocolError(f"reply of more than {self._limits.reply_lines} lines")
+            if match["sep"] != b"-":
+                lines, self._lines = self._lines, []
+                return _make_reply(int(code), lines)
+
+
+def _make_reply(code: int, lines: list[str]) -> Reply:
+    enhanced = None
+    first = ENHANCED.match(lines[0])
+    if first is not None and first["code"][0] == str(code)[0]:
+        enhanced = first["code"]
+        prefix = enhanced + " "
+        lines = [
+            line[len(prefix) :] if line.startswith(prefix) else "" if line == enhanced else line
+            for line in lines
+        ]
+    return Reply(code, enhanced, "\n".join(lines))

@@ -1,0 +1,545 @@
+"""The server role: parse commands, answer the mechanics, hand policy to the application.
+
+How it works. The connection reads one command line at a time (only CRLF ends one; a
+line over Limits.command_line is discarded in bounded memory and answered 500 once)
+and dispatches on the verb through a table. It answers everything that is mechanics
+by itself, in order, into data_to_send(): LHLO and its extensions, HELO/EHLO (500:
+LMTP has only LHLO), NOOP, VRFY, RSET, QUIT, syntax (501/555) and sequence (503)
+errors, limits (452 too many recipients, 552 too large), STARTTLS. Policy is the
+application's: next_event() returns MailFrom or RcptTo and then Signal.PAUSED until
+the application send()s its Reply, so replies keep the order of pipelined commands.
+
+The body (DATA or BDAT) is released as MessageData pieces as it arrives; EndOfData
+comes only once the message is whole, and the application then owes exactly one
+Reply per accepted recipient (the core counts them; LMTP's rule). If the message
+broke a limit or the bare CR/LF policy, the core reads it to its end, queues its own
+refusal once per recipient, and returns MessageRefused instead. STARTTLS discards any
+bytes pipelined behind it (command injection) and resets the session. More than
+Limits.max_errors bad commands earn 421 and ConnectionClosed.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable
+
+from ._body import (
+    BareLineEndings,
+    BodyEncoder,
+    DataDecoder,
+    LineEndingCheck,
+    LineLengths,
+)
+from ._buffer import LineTooLong, ReceiveBuffer
+from ._errors import LocalProtocolError
+from ._events import (
+    ConnectionClosed,
+    EndOfData,
+    Lhlo,
+    MailFrom,
+    MessageData,
+    MessageRefused,
+    Params,
+    Quit,
+    RcptTo,
+    Reply,
+    Rset,
+    Signal,
+    StartTls,
+)
+from ._grammar import (
+    BDAT,
+    COMMAND_BYTES_OK,
+    ESMTP_KEYWORD,
+    ESMTP_VALUE,
+    LHLO_DOMAIN,
+    MAIL_FROM,
+    MAILBOX,
+    MAILBOX_UTF8,
+    MAX_DOMAIN,
+    MAX_LOCAL_PART,
+    MAX_PATH,
+    RCPT_TO,
+)
+from ._limits import Limits
+from ._writers import write_reply
+
+__all__ = ["ServerConnection", "ServerState"]
+
+
+class ServerState(enum.Enum):
+    NEED_LHLO = "need_lhlo"
+    READY = "ready"  # after LHLO, no transaction
+    MAIL = "mail"  # MAIL accepted: RCPT, DATA, BDAT
+    DATA = "data"  # reading a DATA body
+    BDAT = "bdat"  # reading a BDAT chunk
+    TLS_HANDSHAKE = "tls_handshake"
+    CLOSED = "closed"
+
+
+class _Owed(enum.Enum):
+    MAIL = "mail"
+    RCPT = "rcpt"
+    FINAL = "final"
+
+
+ServerEvent = (
+    Lhlo
+    | MailFrom
+    | RcptTo
+    | MessageData
+    | EndOfData
+    | MessageRefused
+    | Rset
+    | Quit
+    | StartTls
+    | ConnectionClosed
+    | Signal
+)
+
+_OK = Reply(250, "2.0.0", "OK")
+_BAD_SEQUENCE = "5.5.1"
+_SYNTAX = "5.5.4"
+
+
+class ServerConnection:
+    """The sans-I/O LMTP server. See the module comment for how it works."""
+
+    def __init__(
+        self,
+        hostname: str = "localhost",
+        *,
+        limits: Limits | None = None,
+        tls_available: bool = False,
+        tls_active: bool = False,
+        bare_line_endings: BareLineEndings = BareLineEndings.REJECT,
+    ) -> None:
+        """``tls_available``: the driver can start TLS, so STARTTLS is offered.
+        ``tls_active``: the connection is already TLS (implicit TLS)."""
+        if not LHLO_DOMAIN.fullmatch(hostname):
+            raise LocalProtocolError(f"hostname {hostname!r} is not a domain")
+        self._hostname = hostname
+        self._limits = limits or Limits()
+        self._tls_available = tls_available
+        self._tls = tls_active
+        self._bare_policy = bare_line_endings
+        self._buffer = ReceiveBuffer()
+        self._out = bytearray()
+        self._events: deque[ServerEvent] = deque()
+        self._owed: deque[_Owed] = deque()
+        self._eof = False
+        self._errors = 0
+        self.state = ServerState.NEED_LHLO
+        # The transaction: accepted recipients and what MAIL declared.
+        self._accepted = 0
+        self._utf8 = False
+        self._binary = False
+        self._bdat_used = False
+        # The message being read: its size so far, checks, and the chunk in progress.
+        self._size = 0
+        self._refusal: Reply | None = None
+        self._decoder = DataDecoder()
+        self._line_lengths = LineLengths(self._limits.text_line - 2)
+        self._endings = LineEndingCheck()
+        self._normalizer: BodyEncoder | None = None
+        self._bdat_left = 0
+        self._bdat_last = False
+        self._bdat_refused: Reply | None = None
+        self._resume_state = ServerState.READY
+        self._reply(Reply(220, None, f"{hostname} LMTP server ready"))
+
+    # ---- driver side ---------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Bytes read from the transport (b"" is allowed and changes nothing)."""
+        if self.state is ServerState.TLS_HANDSHAKE and data:
+            raise LocalProtocolError("receive_data() during the TLS handshake")
+        if data and not self._eof and self.state is not ServerState.CLOSED:
+            self._buffer.feed(data)
+
+    def receive_eof(self) -> None:
+        """The client closed the connection (or half-closed it)."""
+        self._eof = True
+
+    def data_to_send(self) -> bytes:
+        data = bytes(self._out)
+        self._out.clear()
+        return data
+
+    def tls_established(self) -> None:
+        if self.state is not ServerState.TLS_HANDSHAKE:
+            raise LocalProtocolError("tls_established() without a StartTls")
+        self._tls = True
+        self.state = ServerState.NEED_LHLO
+
+    @property
+    def owed_replies(self) -> int:
+        """How many Reply objects the application must send() before reading goes on."""
+        return len(self._owed)
+
+    def next_event(self) -> ServerEvent:
+        """The next event, Signal.NEED_DATA (read more) or Signal.PAUSED (reply first).
+
+        A command the core answers by itself produces no event: its reply is simply
+        queued in data_to_send()."""
+        while not self._events:
+            if self.state is ServerState.CLOSED:
+                raise LocalProtocolError("next_event() after ConnectionClosed")
+            if self._owed:
+                return Signal.PAUSED
+            if self.state is ServerState.TLS_HANDSHAKE:
+                raise LocalProtocolError("next_event() before tls_established()")
+            if self.state is ServerState.DATA:
+                progressed = self._read_data()
+            elif self.state is ServerState.BDAT:
+                progressed = self._read_bdat()
+            else:
+                progressed = self._read_command()
+            if not progressed:
+                if not self._eof:
+                    return Signal.NEED_DATA
+                self._close("the client closed the connection")
+        return self._events.popleft()
+
+    # ---- application side ----------------------------------------------------------
+
+    def send(self, reply: Reply) -> None:
+        """Answer the MailFrom, the RcptTo, or one recipient after EndOfData."""
+        if not self._owed:
+            raise LocalProtocolError("send(): no reply is owed now")
+        if 300 <= reply.code < 400:
+            raise LocalProtocolError(f"a {reply.code} reply cannot answer MAIL, RCPT or a message")
+        owed = self._owed.popleft()
+        if owed is _Owed.MAIL and reply.is_positive:
+            self.state = ServerState.MAIL
+        elif owed is _Owed.RCPT and reply.is_positive:
+            self._accepted += 1
+        self._reply(reply)
+
+    # ---- commands ------------------------------------------------------------------
+
+    def _read_command(self) -> bool:
+        line = self._buffer.take_line(self._limits.command_line)
+        if line is None:
+            return False
+        if line is LineTooLong.TOKEN:
+            self._buffer.discard_line()
+            self._error(Reply(500, "5.5.2", "Line too long"))
+            return True
+        if not COMMAND_BYTES_OK.fullmatch(line):
+            self._error(Reply(500, "5.5.2", "Invalid characters in command"))
+            return True
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            self._error(Reply(500, "5.5.2", "Command is not valid UTF-8"))
+            return True
+        verb, _, arg = text.partition(" ")
+        handler = _COMMANDS.get(verb.upper())
+        if handler is None:
+            self._error(Reply(500, "5.5.1", "Unknown command"))
+        else:
+            handler(self, text, arg)
+        return True
+
+    def _lhlo(self, text: str, arg: str) -> None:
+        if not LHLO_DOMAIN.fullmatch(arg):
+            return self._error(Reply(501, _SYNTAX, "Syntax: LHLO domain"))
+        self._reset_transaction()
+        self.state = ServerState.READY
+        ext = [
+            "PIPELINING",
+            "ENHANCEDSTATUSCODES",
+            "8BITMIME",
+            "CHUNKING",
+            "BINARYMIME",
+            "SMTPUTF8",
+            f"SIZE {self._limits.max_message_size}",
+        ]
+        if self._tls_available and not self._tls:
+            ext.append("STARTTLS")
+        self._reply(Reply(250, None, "\n".join([self._hostname, *ext])))
+        self._events.append(Lhlo(arg))
+
+    def _helo(self, text: str, arg: str) -> None:
+        self._error(Reply(500, "5.5.1", "This is an LMTP server: use LHLO"))
+
+    def _mail(self, text: str, arg: str) -> None:
+        if self.state is ServerState.NEED_LHLO:
+            return self._error(Reply(503, _BAD_SEQUENCE, "Send LHLO first"))
+        if self.state is not ServerState.READY:
+            return self._error(Reply(503, _BAD_SEQUENCE, "Nested MAIL command"))
+        match = MAIL_FROM.fullmatch(text)
+        if match is None:
+            return self._error(Reply(501, _SYNTAX, "Syntax: MAIL FROM:<address> [parameters]"))
+        params = self._params(match["params"], {"SIZE", "BODY", "SMTPUTF8"})
+        if params is None:
+            return
+        address = match["path"]
+        utf8 = any(key == "SMTPUTF8" for key, _ in params)
+        if address and not self._address_ok(address, utf8, "5.1.7", "sender"):
+            return
+        body = (dict(params).get("BODY") or "7BIT").upper()
+        if body not in ("7BIT", "8BITMIME", "BINARYMIME"):
+            return self._error(Reply(501, _SYNTAX, "BODY must be 7BIT, 8BITMIME or BINARYMIME"))
+        size = dict(params).get("SIZE")
+        if size is not None and (not size.isdigit() or len(size) > 18):
+            return self._error(Reply(501, _SYNTAX, "SIZE must be a number"))
+        if size is not None and int(size) > self._limits.max_message_size:
+            return self._reply(
+                Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+            )
+        self._utf8 = utf8
+        self._binary = body == "BINARYMIME"
+        self._owed.append(_Owed.MAIL)
+        self._events.append(MailFrom(address, params))
+
+    def _rcpt(self, text: str, arg: str) -> None:
+        if self.state is not ServerState.MAIL or self._bdat_used:
+            return self._error(Reply(503, _BAD_SEQUENCE, "Send MAIL first"))
+        match = RCPT_TO.fullmatch(text)
+        if match is None:
+            return self._error(Reply(501, _SYNTAX, "Syntax: RCPT TO:<address> [parameters]"))
+        params = self._params(match["params"], set())
+        if params is None:
+            return
+        if not self._address_ok(match["path"], self._utf8, "5.1.3", "recipient"):
+            return
+        if self._accepted >= self._limits.max_recipients:
+            return self._reply(Reply(452, "4.5.3", "Too many recipients"))
+        self._owed.append(_Owed.RCPT)
+        self._events.append(RcptTo(match["path"], params))
+
+    def _data(self, text: str, arg: str) -> None:
+        if arg:
+            return self._error(Reply(501, _SYNTAX, "Syntax: DATA"))
+        if self.state is not ServerState.MAIL:
+            return self._error(Reply(503, _BAD_SEQUENCE, "Send MAIL first"))
+        if not self._accepted:
+            return self._error(Reply(503, _BAD_SEQUENCE, "No valid recipients"))
+        if self._binary or self._bdat_used:
+            return self._error(Reply(503, _BAD_SEQUENCE, "BINARYMIME and BDAT exclude DATA"))
+        self._start_body()
+        self._decoder = DataDecoder()
+        self.state = ServerState.DATA
+        self._reply(Reply(354, None, "End data with <CR><LF>.<CR><LF>"))
+
+    def _bdat(self, text: str, arg: str) -> None:
+        match = BDAT.fullmatch(text)
+        if match is None:  # the chunk's length is unknown: framing is lost
+            self._reply(Reply(501, _SYNTAX, "Syntax: BDAT size [LAST]"))
+            return self._close("BDAT without a valid size")
+        self._bdat_left = int(match["size"])
+        self._bdat_last = match["last"] is not None
+        self._bdat_refused = None
+        if self.state is not ServerState.MAIL:
+            self._bdat_refused = Reply(503, _BAD_SEQUENCE, "Send MAIL first")
+        elif not self._accepted:
+            self._bdat_refused = Reply(503, _BAD_SEQUENCE, "No valid recipients")
+        elif not self._bdat_used:
+            self._bdat_used = True
+            self._start_body()
+        self._resume_state = self.state
+        self.state = ServerState.BDAT
+
+    def _rset(self, text: str, arg: str) -> None:
+        if arg:
+            return self._error(Reply(501, _SYNTAX, "Syntax: RSET"))
+        self._reset_transaction()
+        if self.state is not ServerState.NEED_LHLO:
+            self.state = ServerState.READY
+        self._reply(_OK)
+        self._events.append(Rset())
+
+    def _noop(self, text: str, arg: str) -> None:
+        self._reply(_OK)
+
+    def _vrfy(self, text: str, arg: str) -> None:
+        self._reply(Reply(252, "2.5.0", "Cannot VRFY user, but will accept message"))
+
+    def _quit(self, text: str, arg: str) -> None:
+        self._reply(Reply(221, "2.0.0", "Bye"))
+        self._events.append(Quit())
+        self._close("quit")
+
+    def _starttls(self, text: str, arg: str) -> None:
+        if arg:
+            return self._error(Reply(501, _SYNTAX, "Syntax: STARTTLS"))
+        if self._tls:
+            return self._error(Reply(503, _BAD_SEQUENCE, "TLS is already active"))
+        if not self._tls_available:
+            return self._error(Reply(502, "5.5.1", "STARTTLS is not offered"))
+        # RFC 3207 4.2 / CVE-2011-0411: nothing sent before the handshake may be used.
+        self._buffer.clear()
+        self._reset_transaction()
+        self._reply(Reply(220, "2.0.0", "Ready to start TLS"))
+        self.state = ServerState.TLS_HANDSHAKE
+        self._events.append(StartTls())
+
+    def _params(self, text: str | None, allowed: set[str]) -> Params | None:
+        params: list[tuple[str, str | None]] = []
+        for word in (text or "").split(" "):
+            if not word:
+                continue
+            key, eq, value = word.partition("=")
+            if not ESMTP_KEYWORD.fullmatch(key) or (eq and not ESMTP_VALUE.fullmatch(value)):
+                self._error(Reply(501, _SYNTAX, f"Invalid parameter {word[:40]}"))
+                return None
+            key = key.upper()
+            if key not in allowed:
+                self._error(Reply(555, _SYNTAX, f"Unsupported parameter {key}"))
+                return None
+            if any(key == seen for seen, _ in params):
+                self._error(Reply(501, _SYNTAX, f"Duplicate parameter {key}"))
+                return None
+            if (key == "SMTPUTF8") == bool(eq):
+                self._error(Reply(501, _SYNTAX, f"Invalid parameter {key}"))
+                return None
+            params.append((key, value if eq else None))
+        return tuple(params)
+
+    def _address_ok(self, address: str, utf8: bool, enhanced: str, what: str) -> bool:
+        if not address.isascii() and not utf8:
+            self._reply(Reply(553, "5.6.7", f"Non-ASCII {what} address needs SMTPUTF8"))
+            return False
+        match = (MAILBOX if address.isascii() else MAILBOX_UTF8).fullmatch(address)
+        if match is None:
+            self._error(Reply(501, enhanced, f"Invalid {what} address"))
+            return False
+        if (
+            len(match["local"].encode()) > MAX_LOCAL_PART
+            or len(match["domain"].encode()) > MAX_DOMAIN
+            or len(address.encode()) + 2 > MAX_PATH
+        ):
+            self._error(Reply(501, enhanced, f"The {what} address is too long"))
+            return False
+        return True
+
+    # ---- message bodies ------------------------------------------------------------
+
+    def _start_body(self) -> None:
+        self._size = 0
+        self._refusal = None
+        self._line_lengths = LineLengths(self._limits.text_line - 2)
+        self._endings = LineEndingCheck()
+        normalize = self._bare_policy is BareLineEndings.NORMALIZE
+        self._normalizer = BodyEncoder(dot_stuff=False) if normalize else None
+
+    def _read_data(self) -> bool:
+        if not self._buffer:
+            return False
+        normalize = self._bare_policy is BareLineEndings.NORMALIZE
+        piece, used, done = self._decoder.decode(self._buffer.peek(), normalize)
+        if not used:
+            return False
+        self._buffer.drop(used)
+        self._endings.bare = self._decoder.bare_line_ending
+        self._body_piece(piece)
+        if done:
+            self._end_of_message()
+        return True
+
+    def _read_bdat(self) -> bool:
+        if self._bdat_left:
+            if not self._buffer:
+                return False
+            piece = self._buffer.take(self._bdat_left)
+            self._bdat_left -= len(piece)
+            if self._bdat_refused is None:
+                if not self._binary:
+                    self._endings.feed(piece)
+                    if self._normalizer is not None:
+                        piece = self._normalizer.encode(piece)
+                self._body_piece(piece)
+            if self._bdat_left:
+                return True
+        self.state = self._resume_state
+        if self._bdat_refused is not None:
+            self._error(self._bdat_refused)
+        elif self._bdat_last:
+            if not self._binary:
+                self._endings.finish()
+                if self._normalizer is not None:
+                    self._body_piece(self._normalizer.finish())
+            self._end_of_message()
+        else:
+            self._reply(Reply(250, "2.0.0", "Chunk received"))
+        return True
+
+    def _body_piece(self, piece: bytes) -> None:
+        if self._refusal is not None or not piece:
+            return
+        self._size += len(piece)
+        if self._size > self._limits.max_message_size:
+            self._refusal = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+        elif self._endings.bare and self._bare_policy is BareLineEndings.REJECT:
+            self._refusal = Reply(550, "5.6.0", "Message contains a bare CR or LF")
+        elif not self._binary and self._line_lengths.feed(piece):
+            self._refusal = Reply(
+                500, "5.5.6", f"Message has a line over {self._limits.text_line} octets"
+            )
+        else:
+            self._events.append(MessageData(piece))
+
+    def _end_of_message(self) -> None:
+        if self._refusal is None:
+            if self._endings.bare and self._bare_policy is BareLineEndings.REJECT:
+                self._refusal = Reply(550, "5.6.0", "Message contains a bare CR or LF")
+            elif not self._binary and self._line_lengths.finish():
+                self._refusal = Reply(
+                    500, "5.5.6", f"Message has a line over {self._limits.text_line} octets"
+                )
+        recipients = self._accepted
+        refusal = self._refusal
+        self._reset_transaction()
+        self.state = ServerState.READY
+        if refusal is not None:
+            for _ in range(recipients):
+                self._reply(refusal)
+            self._events.append(MessageRefused(refusal))
+        else:
+            self._owed.extend([_Owed.FINAL] * recipients)
+            self._events.append(EndOfData())
+
+    # ---- helpers -------------------------------------------------------------------
+
+    def _reset_transaction(self) -> None:
+        self._accepted = 0
+        self._utf8 = False
+        self._binary = False
+        self._bdat_used = False
+
+    def _reply(self, reply: Reply) -> None:
+        self._out += write_reply(reply)
+
+    def _error(self, reply: Reply) -> None:
+        self._errors += 1
+        if self._errors > self._limits.max_errors:
+            self._reply(Reply(421, "4.7.0", "Too many errors, closing the connection"))
+            self._close("too many errors")
+        else:
+            self._reply(reply)
+
+    def _close(self, reason: str) -> None:
+        self.state = ServerState.CLOSED
+        self._owed.clear()
+        self._buffer.clear()
+        self._events.append(ConnectionClosed(reason))
+
+
+_Handler = Callable[[ServerConnection, str, str], None]
+_COMMANDS: dict[str, _Handler] = {
+    "LHLO": ServerConnection._lhlo,
+    "HELO": ServerConnection._helo,
+    "EHLO": ServerConnection._helo,
+    "MAIL": ServerConnection._mail,
+    "RCPT": ServerConnection._rcpt,
+    "DATA": ServerConnection._data,
+    "BDAT": ServerConnection._bdat,
+    "RSET": ServerConnection._rset,
+    "NOOP": ServerConnection._noop,
+    "VRFY": ServerConnection._vrfy,
+    "QUIT": ServerConnection._quit,
+    "STARTTLS": ServerConnection._starttls,
+}

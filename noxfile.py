@@ -1,0 +1,77 @@
+"""nox sessions: what CI and developers run.
+
+`nox` with no arguments runs the default list (everything but bench); .ci/run and the
+README's test command call exactly that. Each session installs what it needs into its
+own virtualenv from this machine's Python, so only Python is required.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.sessions = ["lint", "typing", "tests", "interop", "fuzz"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+PYTHON = "3.11"
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Unit, property and driver tests, with branch coverage of lmtp_core."""
+    session.install("-e", ".[test]")
+    session.run(
+        "pytest",
+        "-m",
+        "not interop",
+        "--ignore=tests/interop",
+        "--cov",
+        "--cov-report=term",
+        "--cov-fail-under=95",
+        *session.posargs,
+    )
+
+
+@nox.session(python=PYTHON)
+def interop(session: nox.Session) -> None:
+    """Tests against real peers. With LMTP_REQUIRE_PEERS=1 (CI) a missing peer fails."""
+    session.install("-e", ".[test]")
+    session.run(
+        "pytest",
+        "-m",
+        "interop",
+        "tests/interop",
+        *session.posargs,
+        env={"LMTP_REQUIRE_PEERS": os.environ.get("LMTP_REQUIRE_PEERS", "0")},
+    )
+
+
+@nox.session(python=PYTHON)
+def typing(session: nox.Session) -> None:
+    """mypy --strict on both packages and on the typing tests."""
+    session.install("-e", ".[typing]")
+    session.run("mypy", "--strict", "lmtp_core", "transports", "tests/typing")
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def fuzz(session: nox.Session) -> None:
+    """Each atheris target for a bounded time (FUZZ_SECONDS, default 30)."""
+    session.install("-e", ".[fuzz]")
+    seconds = os.environ.get("FUZZ_SECONDS", "30")
+    session.run("python", "tests/fuzz/run_all.py", "--seconds", seconds, *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks against the peers; never part of CI."""
+    session.install("-e", ".[test]")
+    session.run("python", "benchmarks/bench_core.py", *session.posargs)
