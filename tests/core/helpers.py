@@ -8,6 +8,7 @@ and every byte the server wrote, so a test can assert that all splits agree.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ def every_split(data: bytes, seed: int = 0, random_splits: int = 3) -> Iterator[
     for _ in range(random_splits):
         cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randint(1, 8))))
         bounds = [0, *cuts, len(data)]
-        yield [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+        yield [data[a:b] for a, b in itertools.pairwise(bounds) if b > a]
 
 
 def default_policy(event: ServerEvent, conn: ServerConnection) -> list[Reply]:
