@@ -165,7 +165,10 @@ class ClientConnection:
         chunking: bool = True,
         long_lines: LongLines = LongLines.ERROR,
         limits: Limits | None = None,
+        trace: bool = False,
     ) -> None:
+        """``trace=True`` records a transcript of command lines and replies (never
+        body bytes) for take_trace()."""
         if not LHLO_DOMAIN.fullmatch(lhlo_name):
             raise LocalProtocolError(f"LHLO name {lhlo_name!r} is not a domain or address literal")
         self._name = lhlo_name
@@ -191,6 +194,7 @@ class ClientConnection:
         self._body_open = False  # the driver is to feed the body now
         self._body_ended = False
         self._rset_due = False
+        self._trace: list[tuple[str, str]] | None = [] if trace else None
 
     # ---- driver side ---------------------------------------------------------------
 
@@ -221,11 +225,23 @@ class ClientConnection:
         self.state = ClientState.CONNECTING
         self._command(f"LHLO {self._name}", _Await.LHLO)
 
+    def take_trace(self) -> list[tuple[str, str]]:
+        """The transcript since the last call: ("C", command) and ("S", reply) pairs."""
+        if self._trace is None:
+            return []
+        trace, self._trace = self._trace, []
+        return trace
+
     def data_to_send(self) -> bytes:
         """Bytes to write now (possibly b"")."""
         data = bytes(self._out)
         self._out.clear()
         return data
+
+    @property
+    def reusable(self) -> bool:
+        """True when a new transaction may start on this connection now."""
+        return self.state is ClientState.READY
 
     @property
     def phase(self) -> Phase:
@@ -385,6 +401,11 @@ class ClientConnection:
     def _command(self, line: str, awaiting: _Await) -> None:
         self._out += (line + "\r\n").encode("utf-8")
         self._awaiting.append(awaiting)
+        self._note("C", line)
+
+    def _note(self, side: str, text: str) -> None:
+        if self._trace is not None:
+            self._trace.extend((side, line) for line in text.split("\r\n") if line)
 
     def _check_path(self, address: str, caps: Capabilities, what: str) -> None:
         if address == "" and what == "sender":
@@ -447,6 +468,7 @@ class ClientConnection:
         head = f"{self._held}BDAT {len(chunk)}{' LAST' if last else ''}\r\n"
         self._held = ""
         self._out += head.encode("utf-8")
+        self._note("C", head)
         self._out += chunk
         if last:
             self._body_open = False
@@ -459,6 +481,8 @@ class ClientConnection:
 
     def _on_reply(self, reply: Reply) -> None:
         kind = self._awaiting.popleft()
+        if self._trace is not None:
+            self._trace.append(("S", str(reply)))
         if kind is _Await.GREETING:
             if reply.code != 220:
                 return self._close("the server refused the session", reply)
@@ -565,6 +589,7 @@ class ClientConnection:
     def _close(self, reason: str, reply: Reply | None = None, *, quit: bool = False) -> None:
         if quit:
             self._out += b"QUIT\r\n"
+            self._note("C", "QUIT")
         self.state = ClientState.CLOSED
         self._awaiting.clear()
         self._events.append(ConnectionClosed(reason, reply))

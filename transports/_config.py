@@ -1,0 +1,245 @@
+"""Endpoint, TLS and deadline settings, validated before any connection is made.
+
+How it works: ClientConfig.create() takes the keyword arguments of the delivery adapter
+our users know (socket_path, host, port, ssl, ssl_opts) plus ssl_context, starttls and
+timeouts, checks every combination, and builds the ssl.SSLContext once. TLS verifies
+certificates and host names unless ssl_opts says verify=False (logged as a warning).
+Over a UNIX socket there is no host name to check, so server_hostname must be given or
+hostname checking explicitly turned off. Timeouts maps each lmtp_core.Phase to a
+number of seconds (RFC 5321 4.5.3.2 defaults), so drivers look deadlines up by phase.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl as _ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+from lmtp_core import BareLineEndings, Limits, Phase, ServerConnection
+
+from ._errors import ConfigurationError
+
+__all__ = ["ClientConfig", "ServerConfig", "Timeouts", "server_context"]
+
+log = logging.getLogger("transports")
+
+SSL_OPTS = frozenset(
+    {
+        "cafile",
+        "capath",
+        "cadata",
+        "verify",
+        "check_hostname",
+        "server_hostname",
+        "certfile",
+        "keyfile",
+        "minimum_version",
+        "ciphers",
+    }
+)
+_VERSIONS = {"TLSv1.2": _ssl.TLSVersion.TLSv1_2, "TLSv1.3": _ssl.TLSVersion.TLSv1_3}
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds to wait in each phase (RFC 5321 4.5.3.2), plus connect and total."""
+
+    connect: float = 30.0
+    greeting: float = 300.0  # "Initial 220 Message: 5 minutes"
+    lhlo: float = 300.0
+    starttls: float = 300.0  # the reply and the handshake
+    mail: float = 300.0  # "MAIL Command: 5 minutes"
+    rcpt: float = 300.0  # "RCPT Command: 5 minutes"
+    data_init: float = 120.0  # "DATA Initiation: 2 minutes"
+    data_block: float = 180.0  # "Data Block: 3 minutes" (each write, each BDAT reply)
+    data_end: float = 600.0  # "DATA Termination: 10 minutes" (every final reply)
+    command: float = 300.0  # RSET, QUIT
+    #: A deadline for a whole delivery (connecting included), or None.
+    total: float | None = None
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None and not (isinstance(value, int | float) and value > 0):
+                raise ConfigurationError(f"timeout {f.name} must be a positive number")
+
+    @classmethod
+    def of(cls, timeout: float | Timeouts | None) -> Timeouts:
+        """A Timeouts from a number (every phase the same), a Timeouts, or None."""
+        if timeout is None:
+            return cls()
+        if isinstance(timeout, Timeouts):
+            return timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+            raise ConfigurationError(f"timeout must be a number or a Timeouts, not {timeout!r}")
+        return cls(*([float(timeout)] * 10))
+
+    def for_phase(self, phase: Phase) -> float:
+        return float(getattr(self, phase.value))
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    socket_path: str | None
+    host: str
+    port: int
+    ssl_context: _ssl.SSLContext | None  # None: plain text
+    implicit_tls: bool
+    server_hostname: str | None
+    starttls: bool
+    timeouts: Timeouts
+    lhlo_name: str
+    chunking: bool
+    limits: Limits | None
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        socket_path: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 2424,
+        ssl: bool = False,
+        ssl_opts: Mapping[str, object] | None = None,
+        ssl_context: _ssl.SSLContext | None = None,
+        starttls: bool = False,
+        timeout: float | Timeouts | None = None,
+        lhlo_name: str = "localhost",
+        chunking: bool = True,
+        limits: Limits | None = None,
+    ) -> ClientConfig:
+        if ssl and starttls:
+            raise ConfigurationError("ssl (implicit TLS) and starttls exclude each other")
+        if socket_path is None:
+            if not host or not isinstance(host, str):
+                raise ConfigurationError("host must be a non-empty string")
+            if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+                raise ConfigurationError(f"port must be an int from 1 to 65535, not {port!r}")
+        elif not isinstance(socket_path, str) or not socket_path:
+            raise ConfigurationError("socket_path must be a non-empty string")
+        opts = dict(ssl_opts or {})
+        unknown = set(opts) - SSL_OPTS
+        if unknown:
+            raise ConfigurationError(f"unknown ssl_opts keys: {', '.join(sorted(unknown))}")
+        if opts and not (ssl or starttls):
+            raise ConfigurationError("ssl_opts given, but neither ssl nor starttls is on")
+        if ssl_context is not None and opts.keys() - {"server_hostname"}:
+            raise ConfigurationError(
+                "give ssl_context or ssl_opts (beyond server_hostname), not both"
+            )
+        context = None
+        server_hostname = opts.get("server_hostname")
+        if server_hostname is not None and not isinstance(server_hostname, str):
+            raise ConfigurationError("ssl_opts server_hostname must be a string")
+        if ssl or starttls:
+            context = ssl_context or _client_context(opts)
+            if server_hostname is None and socket_path is None:
+                server_hostname = host
+            if server_hostname is None and context.check_hostname:
+                raise ConfigurationError(
+                    "TLS over a UNIX socket needs ssl_opts server_hostname (the name in the "
+                    "server's certificate), or check_hostname=False to skip the name check"
+                )
+        return cls(
+            socket_path,
+            host,
+            port,
+            context,
+            ssl,
+            server_hostname,
+            starttls,
+            Timeouts.of(timeout),
+            lhlo_name,
+            chunking,
+            limits,
+        )
+
+
+def _client_context(opts: Mapping[str, object]) -> _ssl.SSLContext:
+    verify = opts.get("verify", True)
+    check_hostname = opts.get("check_hostname", verify)
+    if not isinstance(verify, bool) or not isinstance(check_hostname, bool):
+        raise ConfigurationError("ssl_opts verify and check_hostname must be booleans")
+    if check_hostname and not verify:
+        raise ConfigurationError("check_hostname=True needs verify=True")
+    try:
+        context = _ssl.create_default_context(
+            cafile=_opt_str(opts, "cafile"),
+            capath=_opt_str(opts, "capath"),
+            cadata=_opt_str(opts, "cadata"),
+        )
+        context.check_hostname = check_hostname
+        if not verify:
+            context.verify_mode = _ssl.CERT_NONE
+            log.warning("TLS certificate verification is OFF (ssl_opts verify=False)")
+        certfile = _opt_str(opts, "certfile")
+        if certfile:
+            context.load_cert_chain(certfile, _opt_str(opts, "keyfile"))
+        _apply_common(context, opts)
+    except (OSError, _ssl.SSLError) as exc:
+        raise ConfigurationError(f"cannot set up TLS: {exc}") from exc
+    return context
+
+
+def _apply_common(context: _ssl.SSLContext, opts: Mapping[str, object]) -> None:
+    version = opts.get("minimum_version", "TLSv1.2")
+    if isinstance(version, str):
+        if version not in _VERSIONS:
+            raise ConfigurationError(f"minimum_version must be one of {sorted(_VERSIONS)}")
+        version = _VERSIONS[version]
+    if not isinstance(version, _ssl.TLSVersion):
+        raise ConfigurationError("minimum_version must be 'TLSv1.2', 'TLSv1.3' or a TLSVersion")
+    context.minimum_version = version
+    ciphers = _opt_str(opts, "ciphers")
+    if ciphers:
+        context.set_ciphers(ciphers)
+
+
+def _opt_str(opts: Mapping[str, object], key: str) -> str | None:
+    value = opts.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ConfigurationError(f"ssl_opts {key} must be a string")
+    return value
+
+
+def server_context(certfile: str, keyfile: str | None = None) -> _ssl.SSLContext:
+    """A server-side TLS context (TLS 1.2 or newer) from a certificate chain and key."""
+    context = _ssl.create_default_context(_ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = _ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except (OSError, _ssl.SSLError) as exc:
+        raise ConfigurationError(f"cannot load the TLS certificate: {exc}") from exc
+    return context
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Settings of a server driver; connection() makes the core for one session."""
+
+    ssl_context: _ssl.SSLContext | None = None  # implicit TLS on every connection
+    starttls_context: _ssl.SSLContext | None = None  # offer STARTTLS with this
+    limits: Limits | None = None
+    hostname: str = "localhost"
+    #: Seconds a client may stay silent, and the most one session may last.
+    idle_timeout: float = 300.0
+    session_timeout: float = 3600.0
+    bare_line_endings: BareLineEndings = BareLineEndings.REJECT
+
+    def __post_init__(self) -> None:
+        if self.ssl_context is not None and self.starttls_context is not None:
+            raise ConfigurationError(
+                "ssl_context (implicit TLS) and starttls_context exclude each other"
+            )
+        if not (self.idle_timeout > 0 and self.session_timeout > 0):
+            raise ConfigurationError("idle_timeout and session_timeout must be positive")
+
+    def connection(self) -> ServerConnection:
+        return ServerConnection(
+            self.hostname,
+            limits=self.limits,
+            tls_available=self.starttls_context is not None,
+            tls_active=self.ssl_context is not None,
+            bare_line_endings=self.bare_line_endings,
+        )

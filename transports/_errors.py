@@ -1,0 +1,77 @@
+"""The exceptions a driver raises, mapped from runtime errors through one table.
+
+How it works: a delivery that reached the transaction stage never raises for what the
+server did; it returns a result. These are for the rest: bad configuration (before any
+connection), failing to connect, TLS failures, a server that refused the session, and
+deadlines that passed before any recipient could be tried.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+from lmtp_core import ProtocolError, Reply
+
+__all__ = [
+    "ConfigurationError",
+    "ConnectError",
+    "LMTPError",
+    "SessionError",
+    "TLSError",
+    "Timeout",
+]
+
+
+class LMTPError(Exception):
+    """Base class of every exception the drivers raise."""
+
+
+class ConfigurationError(LMTPError, ValueError):
+    """Invalid settings; raised before any connection is made."""
+
+
+class ConnectError(LMTPError, OSError):
+    """The connection could not be made or broke before the session was open."""
+
+
+class TLSError(ConnectError):
+    """The TLS handshake or certificate verification failed."""
+
+
+class Timeout(ConnectError, TimeoutError):
+    """A deadline passed before the session was open."""
+
+
+class SessionError(LMTPError):
+    """The server refused the session (greeting, LHLO or STARTTLS), or broke the
+    protocol before any recipient was tried."""
+
+    def __init__(
+        self, reason: str, reply: Reply | None = None, error: ProtocolError | None = None
+    ) -> None:
+        super().__init__(f"{reason}: {reply}" if reply else reason)
+        self.reason = reason
+        self.reply = reply
+        self.error = error
+
+
+# One table from runtime exceptions to ours; the first match wins (subclasses first).
+# The async drivers add their own runtime's types in front of it.
+ERROR_MAP: tuple[tuple[type[BaseException], type[ConnectError]], ...] = (
+    (ssl.SSLError, TLSError),
+    (ssl.CertificateError, TLSError),
+    (socket.timeout, Timeout),
+    (TimeoutError, Timeout),
+    (OSError, ConnectError),
+)
+
+
+def map_error(
+    exc: BaseException,
+    table: tuple[tuple[type[BaseException], type[ConnectError]], ...] = ERROR_MAP,
+) -> ConnectError:
+    for source, target in table:
+        if isinstance(exc, source):
+            return target(str(exc) or type(exc).__name__)
+    return ConnectError(str(exc) or type(exc).__name__)

@@ -1,0 +1,189 @@
+"""Server-side glue shared by every runtime: core events to handler calls and back.
+
+How it works: a Session wraps one ServerConnection and the application's Handler.
+handle(event) keeps the envelope up to date, spools MessageData into a
+SpooledTemporaryFile (memory up to a threshold, then disk), and returns a Call when
+the handler must decide (MAIL, RCPT, the complete message). The driver runs the call
+(awaiting it if the handler is async) and hands the result, or the exception, to
+complete(), which turns it into the replies the core owes: None means accept, a Reply
+is used as is, and a handler exception becomes 451 4.3.0 for everyone it concerned
+(logged here, never sent to the peer as text). The driver never sees a reply code.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from lmtp_core import (
+    EndOfData,
+    Lhlo,
+    MailFrom,
+    MessageData,
+    MessageRefused,
+    Params,
+    RcptTo,
+    Reply,
+    Rset,
+    ServerConnection,
+)
+
+__all__ = ["Call", "Envelope", "Handler", "Session"]
+
+log = logging.getLogger("transports.server")
+
+ACCEPT_MAIL = Reply(250, "2.1.0", "Sender OK")
+ACCEPT_RCPT = Reply(250, "2.1.5", "Recipient OK")
+DELIVERED = Reply(250, "2.0.0", "Delivered")
+FAILED = Reply(451, "4.3.0", "Internal error, try again later")
+SPOOL_MEMORY = 1024 * 1024
+
+
+@dataclass
+class Envelope:
+    """One message with its envelope, handed to Handler.deliver()."""
+
+    sender: str = ""
+    mail_params: Params = ()
+    #: The accepted recipients, in RCPT order (duplicates kept).
+    recipients: list[str] = field(default_factory=list)
+    rcpt_params: list[Params] = field(default_factory=list)
+    #: The message (dot-unstuffed, as received), positioned at its start.
+    message: IO[bytes] | None = None
+    size: int = 0
+    lhlo: str = ""
+    tls: bool = False
+
+    def read(self) -> bytes:
+        """The whole message as bytes (fine for small ones; large ones: use .message)."""
+        assert self.message is not None
+        self.message.seek(0)
+        return self.message.read()
+
+
+class Handler:
+    """The application's policy. Override what you need; in the asyncio and trio
+    drivers each method may also be ``async def``.
+
+    Return None to accept, or a Reply (2xx accepts, 4xx/5xx refuses). deliver() gets
+    the complete message and returns one Reply or None per recipient in
+    envelope.recipients, or a single Reply or None that applies to all of them."""
+
+    def mail_from(self, sender: str, params: Params) -> Any:
+        return None
+
+    def rcpt_to(self, recipient: str, params: Params) -> Any:
+        return None
+
+    def deliver(self, envelope: Envelope) -> Any:
+        return None
+
+
+@dataclass(slots=True)
+class Call:
+    function: Callable[..., Any]
+    args: tuple[Any, ...]
+    replies: int  # how many replies the result must give
+
+
+class Session:
+    def __init__(
+        self, conn: ServerConnection, handler: Handler, *, tls: bool = False, peer: str = ""
+    ) -> None:
+        self.conn = conn
+        self.handler = handler
+        self.peer = peer
+        self.envelope = Envelope(tls=tls)
+        self._pending: tuple[str, object] | None = None
+
+    def handle(self, event: object) -> Call | None:
+        env = self.envelope
+        if isinstance(event, MessageData):
+            if env.message is None:
+                env.message = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115
+            env.message.write(event.data)
+            env.size += len(event.data)
+        elif isinstance(event, MailFrom):
+            self._pending = ("mail", event)
+            return Call(self.handler.mail_from, (event.address, event.params), 1)
+        elif isinstance(event, RcptTo):
+            self._pending = ("rcpt", event)
+            return Call(self.handler.rcpt_to, (event.address, event.params), 1)
+        elif isinstance(event, EndOfData):
+            if env.message is None:
+                env.message = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115
+            env.message.seek(0)
+            return Call(self.handler.deliver, (env,), len(env.recipients))
+        elif isinstance(event, MessageRefused):
+            log.info("%s: message refused by the core: %s", self.peer, event.reply)
+            self.new_transaction()
+        elif isinstance(event, Rset | Lhlo):
+            if isinstance(event, Lhlo):
+                env.lhlo = event.name
+            self.new_transaction()
+        return None
+
+    def complete(self, call: Call, result: object) -> None:
+        """Send the replies for a finished call's result."""
+        replies = self._replies(call, result)
+        if replies is None:
+            log.error(
+                "%s: %r returned %r, not a Reply, None or %d of them",
+                self.peer,
+                call.function,
+                result,
+                call.replies,
+            )
+            replies = [FAILED] * call.replies
+        self._send(call, replies)
+
+    def failed(self, call: Call, error: BaseException) -> None:
+        """The handler raised: 451 4.3.0 for everyone concerned; the text stays here."""
+        log.error("%s: handler %r failed", self.peer, call.function, exc_info=error)
+        self._send(call, [FAILED] * call.replies)
+
+    def _replies(self, call: Call, result: object) -> list[Reply] | None:
+        default = {self.handler.mail_from: ACCEPT_MAIL, self.handler.rcpt_to: ACCEPT_RCPT}.get(
+            call.function, DELIVERED
+        )
+        if result is None or isinstance(result, Reply):
+            return [result or default] * call.replies
+        if (
+            isinstance(result, Sequence)
+            and len(result) == call.replies
+            and all(r is None or isinstance(r, Reply) for r in result)
+        ):
+            return [r or default for r in result]
+        return None
+
+    def _send(self, call: Call, replies: list[Reply]) -> None:
+        env = self.envelope
+        pending, self._pending = self._pending, None
+        if any(300 <= reply.code < 400 for reply in replies):
+            log.error("%s: handler gave a 3xx reply; sending 451", self.peer)
+            replies = [FAILED] * len(replies)
+        for reply in replies:
+            self.conn.send(reply)
+        if pending is not None and replies[0].is_positive:
+            kind, event = pending
+            if kind == "mail" and isinstance(event, MailFrom):
+                env.sender, env.mail_params = event.address, event.params
+            elif isinstance(event, RcptTo):
+                env.recipients.append(event.address)
+                env.rcpt_params.append(event.params)
+        if call.function == self.handler.deliver:
+            for recipient, reply in zip(env.recipients, replies, strict=True):
+                log.info("%s: %s %s", self.peer, recipient, reply)
+            self.new_transaction()
+
+    def new_transaction(self) -> None:
+        env = self.envelope
+        if env.message is not None:
+            env.message.close()
+        self.envelope = Envelope(lhlo=env.lhlo, tls=env.tls)
+
+    def close(self) -> None:
+        self.new_transaction()
