@@ -167,7 +167,11 @@ class Session:
             replies = [FAILED] * len(replies)
         for reply in replies:
             self.conn.send(reply)
-        if pending is not None and replies[0].is_positive:
+        if pending is not None and not replies[0].is_positive:
+            kind, event = pending
+            if isinstance(event, RcptTo):
+                log.info("%s: %s %s", self.peer, event.address, replies[0])
+        elif pending is not None:
             kind, event = pending
             if kind == "mail" and isinstance(event, MailFrom):
                 env.sender, env.mail_params = event.address, event.params
