@@ -197,23 +197,37 @@ def _serve(args: argparse.Namespace) -> int:
             starttls_context=server_context(args.tls_cert, args.tls_key) if args.tls_cert else None,
         )
         handler = MaildirHandler(args.maildir, reject=args.reject)
-        where = args.socket or f"{args.host}:{args.port}"
-        print(f"lmtp: serving on {where}, storing into {args.maildir}", file=sys.stderr)
         if args.runtime == "trio":
             # trio is an optional extra: import it only when asked for.
             import trio  # noqa: PLC0415
 
             from . import trio as trio_driver  # noqa: PLC0415
 
-            trio.run(lambda: trio_driver.serve(handler, **settings))
+            async def run_trio() -> None:
+                async with trio.open_nursery() as nursery:
+                    server = await nursery.start(trio_driver.Server(handler, **settings).serve)
+                    _ready(server.address, args.maildir)
+
+            trio.run(run_trio)
         else:
-            asyncio.run(asyncio_driver.serve(handler, **settings))
+
+            async def run_asyncio() -> None:
+                async with asyncio_driver.Server(handler, **settings) as server:
+                    _ready(server.address, args.maildir)
+                    await server.serve_forever()
+
+            asyncio.run(run_asyncio())
     except KeyboardInterrupt:
         print("lmtp: stopped", file=sys.stderr)
     except (ConfigurationError, OSError, ValueError) as exc:
         print(f"lmtp: {exc}", file=sys.stderr)
         return EX_USAGE
     return EX_OK
+
+
+def _ready(address: str | tuple[object, ...], maildir: str) -> None:
+    where = address if isinstance(address, str) else ":".join(str(part) for part in address[:2])
+    print(f"lmtp: ready on {where}, storing into {maildir}", file=sys.stderr, flush=True)
 
 
 SAMPLE = (
