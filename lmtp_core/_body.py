@@ -171,14 +171,14 @@ class BodyEncoder:
             raise LocalProtocolError(
                 "the message has 8-bit bytes but the server did not offer 8BITMIME"
             )
-        if not self._normalize:
+        if not self._normalize or not chunk:
             return chunk
-        if self._pending_cr:
+        if self._pending_cr:  # the last piece ended in CR, already sent as CRLF
             self._pending_cr = False
             if chunk[:1] == b"\n":
                 chunk = chunk[1:]
-        if not chunk:
-            return b""
+                if not chunk:
+                    return b""
         if has_bare_line_ending(chunk):
             self._pending_cr = chunk.endswith(b"\r")
             chunk = _normalize(chunk)

@@ -34,7 +34,6 @@ from ._grammar import (
     LHLO_DOMAIN,
     MAILBOX,
     MAILBOX_UTF8,
-    MAX_DOMAIN,
     MAX_LOCAL_PART,
     MAX_PATH,
 )
@@ -50,6 +49,7 @@ class ClientState(enum.Enum):
     TLS_HANDSHAKE = "tls_handshake"  # the driver is starting TLS
     READY = "ready"  # idle: start_transaction() or quit() may be called
     TRANSACTION = "transaction"
+    CLOSING = "closing"  # QUIT sent, waiting for its reply
     CLOSED = "closed"
 
 
@@ -148,10 +148,27 @@ _PARAM_NEEDS = {
     "NOTIFY": "DSN",
     "ORCPT": "DSN",
 }
+# Parameters that must carry a value (RFC 1870, 6152, 3461); SMTPUTF8 takes none.
+_VALUED = frozenset({"SIZE", "BODY", "RET", "ENVID", "NOTIFY", "ORCPT"})
 _BODY_NEEDS = {"7BIT": None, "8BITMIME": "8BITMIME", "BINARYMIME": "BINARYMIME"}
 
 
 ClientEvent = Ready | TransactionResult | StartTls | ConnectionClosed | Signal
+
+
+def _check_address(address: str, what: str) -> None:
+    """A valid RFC 5321 (or, beyond ASCII, RFC 6531) mailbox within the length limits of
+    RFC 5321 4.5.3.1; "" is the null sender. Whatever passes cannot break a command."""
+    if not isinstance(address, str):
+        raise LocalProtocolError(f"{what} must be a str, not {type(address).__name__}")
+    if address == "" and what == "sender":
+        return
+    match = (MAILBOX if address.isascii() else MAILBOX_UTF8).fullmatch(address)
+    if match is None:
+        raise LocalProtocolError(f"invalid {what} address {address!r}")
+    # The path limit (256 with "<>") is the tighter one for the domain (255).
+    if len(match["local"].encode()) > MAX_LOCAL_PART or len(address.encode()) + 2 > MAX_PATH:
+        raise LocalProtocolError(f"{what} {address!r} is over the RFC 5321 4.5.3.1 length limits")
 
 
 class ClientConnection:
@@ -269,6 +286,9 @@ class ClientConnection:
                     continue
                 # a full chunk is waiting for the previous chunk's reply: read it
             if not self._awaiting:
+                if self._buffer:
+                    self._unsolicited()
+                    continue
                 raise LocalProtocolError(
                     f"next_event() with nothing to wait for ({self.state.name})"
                 )
@@ -380,7 +400,11 @@ class ClientConnection:
         if not self._body_open or self._body_ended:
             raise LocalProtocolError("end_body() when the body was not asked for")
         assert self._encoder is not None and self._txn is not None
-        tail = self._encoder.finish()
+        try:
+            tail = self._encoder.finish()
+        except LocalProtocolError as exc:
+            self._lose(f"message refused locally: {exc}")
+            raise
         self._body_ended = True
         if self._bdat is None:
             self._out += tail
@@ -394,6 +418,7 @@ class ClientConnection:
         """Say QUIT; next_event() then gives ConnectionClosed once the server answered."""
         if self.state is not ClientState.READY:
             raise LocalProtocolError(f"quit() in state {self.state.name}")
+        self.state = ClientState.CLOSING
         self._command("QUIT", _Await.QUIT)
 
     # ---- commands ------------------------------------------------------------------
@@ -408,23 +433,22 @@ class ClientConnection:
             self._trace.extend((side, line) for line in text.split("\r\n") if line)
 
     def _check_path(self, address: str, caps: Capabilities, what: str) -> None:
-        if address == "" and what == "sender":
-            return
-        match = (MAILBOX if address.isascii() else MAILBOX_UTF8).fullmatch(address)
-        if match is None:
-            raise LocalProtocolError(f"invalid {what} address {address!r}")
+        _check_address(address, what)
         if not address.isascii() and "SMTPUTF8" not in caps:
             raise LocalProtocolError(
                 f"{what} {address!r} needs SMTPUTF8, which the server did not offer"
             )
-        if (
-            len(match["local"].encode()) > MAX_LOCAL_PART
-            or len(match["domain"].encode()) > MAX_DOMAIN
-            or len(address.encode()) + 2 > MAX_PATH
-        ):
-            raise LocalProtocolError(
-                f"{what} {address!r} is over the RFC 5321 4.5.3.1 length limits"
-            )
+
+    @staticmethod
+    def check_envelope(sender: str | MailFrom, recipients: Sequence[str | RcptTo]) -> None:
+        """The checks that need no server (address syntax and length, at least one
+        recipient): a driver calls this before it connects. start_transaction()
+        repeats them, with what the server offered."""
+        _check_address(sender if isinstance(sender, str) else sender.address, "sender")
+        if not recipients:
+            raise LocalProtocolError("a transaction needs at least one recipient")
+        for rcpt in recipients:
+            _check_address(rcpt if isinstance(rcpt, str) else rcpt.address, "recipient")
 
     def _check_params(self, params: Params, caps: Capabilities) -> None:
         for key, value in params:
@@ -433,6 +457,10 @@ class ClientConnection:
             if value is not None and not ESMTP_VALUE.fullmatch(value):
                 raise LocalProtocolError(f"invalid value for parameter {key}: {value!r}")
             keyword = key.upper()
+            if value is None and keyword in _VALUED:
+                raise LocalProtocolError(f"parameter {key} needs a value")
+            if value is not None and keyword == "SMTPUTF8":
+                raise LocalProtocolError("parameter SMTPUTF8 takes no value")
             if keyword == "BODY":
                 needs = _BODY_NEEDS.get((value or "").upper())
             else:
@@ -488,7 +516,7 @@ class ClientConnection:
                 return self._close("the server refused the session", reply)
             self._command(f"LHLO {self._name}", _Await.LHLO)
         elif kind is _Await.LHLO:
-            if not reply.is_positive:
+            if reply.code // 100 != 2:
                 return self._close("the server refused LHLO", reply)
             self.capabilities = caps = Capabilities.from_reply(reply)
             if self._require_starttls and not self._tls:
@@ -498,12 +526,11 @@ class ClientConnection:
                     )
                 self._command("STARTTLS", _Await.STARTTLS)
             else:
-                self.state = ClientState.READY
-                self._events.append(Ready(caps))
+                self._become_ready(Ready(caps))
         elif kind is _Await.STARTTLS:
             if reply.code != 220:
                 return self._close("the server refused STARTTLS", reply, quit=True)
-            if self._buffer or self._reader.partial:
+            if self._buffer:
                 error = RemoteProtocolError(
                     "bytes after the 220 reply to STARTTLS (STARTTLS response injection)"
                 )
@@ -514,10 +541,41 @@ class ClientConnection:
             self._close("quit", reply)
         elif kind is _Await.RSET:
             self._finish()
-        else:
-            self._on_transaction_reply(kind, reply)
             if reply.code == 421 and self.state is not ClientState.CLOSED:
                 self._lose("the server is closing the connection", reply=reply)
+        elif (
+            (reply.code // 100 == 3 and reply.code != 354)
+            or (kind is _Await.DATA and reply.code < 400 and reply.code != 354)
+            or (kind is not _Await.DATA and reply.code == 354)
+        ):
+            error = RemoteProtocolError(f"a {reply.code} reply cannot answer {kind.name}")
+            self._lose(str(error), error=error)
+        elif reply.code == 421:
+            # The server is going away: take the reply for what it answers, write
+            # nothing more, and settle everyone else as the connection ends.
+            txn = self._txn
+            assert txn is not None
+            if kind is _Await.MAIL:
+                txn.on_mail(reply)
+            elif kind is _Await.RCPT:
+                txn.on_rcpt(reply)
+            elif kind in (_Await.DATA, _Await.BDAT):
+                txn.on_data_failed(reply)
+            elif txn.accepted:  # BDAT_LAST or FINAL: this recipient's own reply
+                txn.on_final(reply)
+            self._lose("the server is closing the connection", reply=reply)
+        else:
+            self._on_transaction_reply(kind, reply)
+
+    def _become_ready(self, event: Ready | TransactionResult) -> None:
+        self.state = ClientState.READY
+        self._events.append(event)
+        if self._buffer:  # more replies than commands: the pairing can no longer be trusted
+            self._unsolicited()
+
+    def _unsolicited(self) -> None:
+        error = RemoteProtocolError("reply from the server that answers no command")
+        self._lose(str(error), error=error)
 
     def _on_transaction_reply(self, kind: _Await, reply: Reply) -> None:
         txn = self._txn
@@ -525,7 +583,7 @@ class ClientConnection:
         if kind is _Await.MAIL:
             txn.on_mail(reply)
             if not self._pipelined:
-                if reply.is_positive:
+                if txn.mail_ok:
                     self._command(self._rcpt_lines.pop(), _Await.RCPT)
                 else:
                     self._finish_transaction()
@@ -545,13 +603,14 @@ class ClientConnection:
             if reply.code == 354 and txn.accepted:
                 self._body_open = True
             elif reply.code == 354:
-                self._lose("the server answered DATA with 354 though no recipient was accepted")
+                error = RemoteProtocolError("354 to DATA though no recipient was accepted")
+                self._lose(str(error), error=error)
             else:
                 txn.on_data_failed(reply)
                 self._rset_due = bool(txn.mail_ok)
                 self._finish_transaction()
         elif kind is _Await.BDAT:
-            if not reply.is_positive or not txn.accepted:
+            if reply.code >= 400 or not txn.accepted:
                 txn.on_data_failed(reply)
                 self._rset_due = bool(txn.mail_ok)
                 self._finish_transaction()
@@ -583,8 +642,7 @@ class ClientConnection:
         assert txn is not None
         self._txn = None
         self._encoder = None
-        self.state = ClientState.READY
-        self._events.append(txn.result())
+        self._become_ready(txn.result())
 
     def _close(self, reason: str, reply: Reply | None = None, *, quit: bool = False) -> None:
         if quit:

@@ -72,7 +72,8 @@ class TransactionResult:
 
 
 def _status(reply: Reply) -> Status:
-    if reply.is_positive:
+    # The client never hands a 3xx here: it is a protocol error everywhere but DATA.
+    if reply.code < 300:
         return Status.DELIVERED
     return Status.TEMPORARY if reply.is_transient else Status.PERMANENT
 
@@ -107,7 +108,7 @@ class Transaction:
             self.slots[index] = RecipientResult(self.rcpts[index].address, status, reply, stage)
 
     def on_mail(self, reply: Reply) -> None:
-        self.mail_ok = reply.is_positive
+        self.mail_ok = reply.code < 300
         if not self.mail_ok:
             for index in range(len(self.rcpts)):
                 self._set(index, _status(reply), reply, Stage.RCPT)
@@ -117,7 +118,7 @@ class Transaction:
         self.rcpt_replies += 1
         if not self.mail_ok:
             return  # every slot already holds the MAIL reply
-        if reply.is_positive:
+        if reply.code < 300:
             self.accepted.append(index)
         else:
             self._set(index, _status(reply), reply, Stage.RCPT)
@@ -137,12 +138,12 @@ class Transaction:
         return len(self.accepted) - self.finals
 
     def lost(self) -> None:
-        accepted = set(self.accepted)
+        # Once the end of data was handed over, the server may have stored the message
+        # for anyone it did not refuse (with pipelined BDAT LAST, even before we read
+        # the RCPT replies); before that, it cannot have stored it for anyone.
+        status = Status.UNKNOWN if self.end_sent else Status.TEMPORARY
         for index in range(len(self.rcpts)):
-            if index in accepted and self.end_sent:
-                self._set(index, Status.UNKNOWN, None, None)
-            else:
-                self._set(index, Status.TEMPORARY, None, None)
+            self._set(index, status, None, None)
 
     def result(self) -> TransactionResult:
         assert all(slot is not None for slot in self.slots)

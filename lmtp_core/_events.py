@@ -16,7 +16,7 @@ import enum
 from dataclasses import dataclass
 
 from ._errors import LocalProtocolError, ProtocolError
-from ._grammar import ENHANCED, SAFE_TEXT
+from ._grammar import ENHANCED_CODE, REPLY_TEXT
 
 __all__ = [
     "ConnectionClosed",
@@ -63,15 +63,24 @@ class Reply:
     text: str = ""
 
     def __post_init__(self) -> None:
-        if not (200 <= self.code <= 599):
-            raise LocalProtocolError(f"reply code {self.code!r} is not between 200 and 599")
-        if self.enhanced is not None:
-            if not ENHANCED.fullmatch(self.enhanced) or self.enhanced[0] != str(self.code)[0]:
-                raise LocalProtocolError(
-                    f"enhanced status {self.enhanced!r} does not fit reply code {self.code}"
-                )
-        if not SAFE_TEXT.fullmatch(self.text.replace("\n", " ")):
-            raise LocalProtocolError("reply text may not hold control characters other than \\n")
+        code = self.code
+        if (
+            isinstance(code, bool)
+            or not isinstance(code, int)
+            or not (200 <= code <= 559 and code // 10 % 10 <= 5)
+        ):
+            # RFC 5321 4.2: Reply-code = %x32-35 %x30-35 %x30-39
+            raise LocalProtocolError(f"reply code {code!r} is not a valid reply code")
+        if self.enhanced is not None and not (
+            isinstance(self.enhanced, str)
+            and ENHANCED_CODE.fullmatch(self.enhanced)
+            and self.enhanced[0] == str(code)[0]
+        ):
+            raise LocalProtocolError(f"enhanced status {self.enhanced!r} does not fit code {code}")
+        if not isinstance(self.text, str) or not REPLY_TEXT.fullmatch(self.text.replace("\n", " ")):
+            raise LocalProtocolError(
+                "reply text must be printable ASCII (tabs allowed), lines separated by \\n"
+            )
 
     @property
     def lines(self) -> tuple[str, ...]:

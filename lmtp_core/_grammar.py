@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 
-# RFC 5321 4.5.3.1.1-3: the longest local part, domain and path (with "<>").
+# RFC 5321 4.5.3.1.1 and 4.5.3.1.3: the longest local part, and path (with "<>").
+# (The domain's 255 of 4.5.3.1.2 can never bind: the path limit is tighter.)
 MAX_LOCAL_PART = 64
-MAX_DOMAIN = 255
 MAX_PATH = 256
 
-_UTF8_NON_ASCII = "\u0080-\U0010ffff"
+# Every code point beyond ASCII except lone surrogates (they cannot be UTF-8).
+_UTF8_NON_ASCII = "\u0080-\ud7ff\ue000-\U0010ffff"
 _ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"
 
 
@@ -52,21 +53,25 @@ ESMTP_VALUE = re.compile(rf"[\x21-\x3c\x3e-\x7e{_UTF8_NON_ASCII}]+")
 # A source route ("@a,@b:") must be accepted and may be ignored (RFC 5321 4.1.1.3, C).
 # One space after the colon is tolerated, as nearly every server does.
 _ROUTE = r"(?:@[^,:<>\s]+(?:,@[^,:<>\s]+)*:)?"
+# The path inside <>: a quoted string or an address literal may hold "<" and ">".
+_PATH = r'(?P<path>(?:"(?:[^"\\]|\\.)*"|\[[^\[\]]*\]|[^<>"\[\]])*)'
+
 MAIL_FROM = re.compile(
-    rf"MAIL FROM: ?<{_ROUTE}(?P<path>[^<>]*)>(?: (?P<params>.*))?", re.IGNORECASE
+    rf"MAIL FROM: ?<{_ROUTE}{_PATH}>(?: (?P<params>.*))?", re.IGNORECASE | re.ASCII
 )
-RCPT_TO = re.compile(rf"RCPT TO: ?<{_ROUTE}(?P<path>[^<>]*)>(?: (?P<params>.*))?", re.IGNORECASE)
+RCPT_TO = re.compile(rf"RCPT TO: ?<{_ROUTE}{_PATH}>(?: (?P<params>.*))?", re.IGNORECASE | re.ASCII)
 # "BDAT" SP chunk-size [ SP end-marker ] (RFC 3030 3)
-BDAT = re.compile(r"BDAT (?P<size>[0-9]{1,18})(?P<last> LAST)?", re.IGNORECASE)
+BDAT = re.compile(r"BDAT (?P<size>[0-9]{1,18})(?P<last> LAST)?", re.IGNORECASE | re.ASCII)
 
 # Reply-line = *( Reply-code "-" [ textstring ] CRLF ) Reply-code [ SP textstring ] CRLF
 # Reply-code = %x32-35 %x30-35 %x30-39; textstring = 1*(%d09 / %d32-126)
 REPLY_LINE = re.compile(rb"(?P<code>[2-5][0-5][0-9])(?:(?P<sep>[ \-])(?P<text>[\t\x20-\x7e]*))?")
 # status-code = class "." subject "." detail (RFC 3463 2; RFC 2034 4)
 ENHANCED = re.compile(r"(?P<code>[245]\.[0-9]{1,3}\.[0-9]{1,3})(?: (?P<rest>.*)|$)", re.DOTALL)
+ENHANCED_CODE = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}")
 
 # A command line may hold only these bytes before it is decoded: no NUL, no other
 # control byte, no bare CR or LF (those are what injection is made of).
 COMMAND_BYTES_OK = re.compile(rb"[\x20-\x7e\x80-\xff]*")
-# What the client may put in a command: printable characters and UTF-8 beyond ASCII.
-SAFE_TEXT = re.compile(rf"[\x20-\x7e{_UTF8_NON_ASCII}]*")
+# Reply text: what the reader accepts (RFC 5321 textstring: HT and printable ASCII).
+REPLY_TEXT = re.compile(r"[\t\x20-\x7e]*")

@@ -47,7 +47,7 @@ class Limits:
     def __post_init__(self) -> None:
         for name in self.__slots__:
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"Limits.{name} must be a positive int, not {value!r}")
         if self.command_line < 64 or self.reply_line < 64 or self.text_line < 64:
             raise ValueError("line limits below 64 octets cannot carry the protocol")

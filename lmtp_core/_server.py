@@ -57,7 +57,6 @@ from ._grammar import (
     MAIL_FROM,
     MAILBOX,
     MAILBOX_UTF8,
-    MAX_DOMAIN,
     MAX_LOCAL_PART,
     MAX_PATH,
     RCPT_TO,
@@ -236,7 +235,8 @@ class ServerConnection:
             self._error(Reply(500, "5.5.2", "Command is not valid UTF-8"))
             return True
         verb, _, arg = text.partition(" ")
-        handler = _COMMANDS.get(verb.upper())
+        # str.upper() folds some non-ASCII letters into ASCII (dotless i -> "I").
+        handler = _COMMANDS.get(verb.upper()) if verb.isascii() else None
         if handler is None:
             self._error(Reply(500, "5.5.1", "Unknown command"))
         else:
@@ -407,11 +407,7 @@ class ServerConnection:
         if match is None:
             self._error(Reply(501, enhanced, f"Invalid {what} address"))
             return False
-        if (
-            len(match["local"].encode()) > MAX_LOCAL_PART
-            or len(match["domain"].encode()) > MAX_DOMAIN
-            or len(address.encode()) + 2 > MAX_PATH
-        ):
+        if len(match["local"].encode()) > MAX_LOCAL_PART or len(address.encode()) + 2 > MAX_PATH:
             self._error(Reply(501, enhanced, f"The {what} address is too long"))
             return False
         return True

@@ -66,6 +66,7 @@ class Client:
         self, message: Message, sender: str, recipients: Sequence[str | RcptTo]
     ) -> TransactionResult:
         """Deliver one message; one outcome per recipient, in order."""
+        ClientConnection.check_envelope(sender, recipients)
         body = prepare(message, allow_async=True)
         total = self.config.timeouts.total
         self._deadline = time.monotonic() + total if total else float("inf")

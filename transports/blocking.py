@@ -61,6 +61,7 @@ class Client:
         self, message: Message, sender: str, recipients: Sequence[str | RcptTo]
     ) -> TransactionResult:
         """Deliver one message; one outcome per recipient, in order."""
+        ClientConnection.check_envelope(sender, recipients)
         body = prepare(message)
         total = self.config.timeouts.total
         self._deadline = time.monotonic() + total if total else float("inf")
@@ -231,13 +232,19 @@ class Server:
                             self._threads.add(thread)
                             thread.start()
         self._listener.close()
+        self._wake_r.close()
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop accepting, then wait (up to `timeout`) for open sessions to end."""
+        if self._stopping.is_set():
+            return
         self._stopping.set()
         self._wake_w.send(b"x")
         if self._background is not None:
             self._background.join(timeout)
+        else:  # serve_forever() never ran, or runs in a thread we do not own
+            self._listener.close()
+        self._wake_w.close()
         for thread in list(self._threads):
             thread.join(timeout)
 

@@ -1,0 +1,1932 @@
+"""The client role (lmtp_core.ClientConnection), through its public API only.
+
+Covers: the greeting and LHLO (refusals, capability parsing, never HELO/EHLO); what goes
+out in one write with and without PIPELINING and CHUNKING, the body only after 354,
+BDAT chunking and BDAT 0 LAST; LMTP's per-recipient outcomes paired by position (mixed
+replies after the data, refusals at MAIL and RCPT, duplicates, nobody accepted, DATA
+refused); the connection ending or a 421 at every point of a transaction; many
+transactions and QUIT; STARTTLS (required, refused, response injection); local
+validation that queues nothing when it raises (addresses, lengths, parameters,
+SMTPUTF8, SIZE, 8BITMIME, body checks); hostile replies; the transcript (trace=True)
+and reusable; Phase; and a sweep over reachable states and API calls (works or
+LocalProtocolError, nothing else).
+
+How it works: drive() is a scripted server. It takes the server's bytes (a list of
+chunks released one per read, or a function of what the client wrote since the last
+read), drives a ClientConnection as a driver would (write, read, feed the body on
+Signal.NEED_BODY, start the next transaction on Ready), and records every event and
+what the client had written at each read. run_splits() feeds the server's bytes whole,
+byte by byte and in random splits (tests/core/helpers.every_split) and asserts that all
+give the same events and the same bytes written. The bytes come in segments that end
+where the client goes idle (after LHLO, between transactions): no read hands the client
+a reply to a command it has not sent yet, since a reply already there when the client
+goes idle is unsolicited.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lmtp_core import (
+    Capabilities,
+    ClientConnection,
+    ClientState,
+    ConnectionClosed,
+    Limits,
+    LocalProtocolError,
+    LongLines,
+    MailFrom,
+    Phase,
+    RcptTo,
+    Ready,
+    RemoteProtocolError,
+    Reply,
+    Signal,
+    Stage,
+    StartTls,
+    Status,
+    TransactionResult,
+)
+from tests.core.helpers import every_split
+
+# When an example fails, hypothesis's pytest plugin imports libcst to suggest a patch,
+# and libcst's import warns (mypy_extensions.TypedDict is deprecated); with the
+# project's filterwarnings = ["error"] that aborts the whole session with an
+# INTERNALERROR instead of reporting the failure. Import it once here, quietly.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    with contextlib.suppress(ImportError):  # libcst may not be installed
+        import hypothesis.extra._patching  # noqa: F401
+
+NAME = "client.example"
+SENDER = "sender@example.org"
+A, B, C = "a@example.org", "b@example.org", "c@example.org"
+GREETING = b"220 mx.example.org LMTP ready\r\n"
+LHLO = b"LHLO client.example\r\n"
+MAIL = b"MAIL FROM:<sender@example.org>\r\n"
+DATA = b"DATA\r\n"
+RSET = b"RSET\r\n"
+QUIT = b"QUIT\r\n"
+BODY = b"Subject: hi\r\n\r\nhello\r\n"
+
+DEL, TMP, PRM, UNK = Status.DELIVERED, Status.TEMPORARY, Status.PERMANENT, Status.UNKNOWN
+RC, DT = Stage.RCPT, Stage.DATA
+
+Outcome = tuple[Status, int | None, Stage | None]
+
+
+# ---- the scripted server ------------------------------------------------------------
+
+
+def r(code: int, text: str = "ok") -> bytes:
+    return f"{code} {text}\r\n".encode()
+
+
+def lhlo(*extensions: str, name: str = "mx.example.org") -> bytes:
+    lines = [name, *extensions]
+    last = len(lines) - 1
+    return "".join(
+        f"250{'-' if i < last else ' '}{line}\r\n" for i, line in enumerate(lines)
+    ).encode()
+
+
+def hello(*extensions: str) -> bytes:
+    return GREETING + lhlo(*extensions)
+
+
+def rcpt(address: str, params: str = "") -> bytes:
+    return f"RCPT TO:<{address}>{params}\r\n".encode()
+
+
+def bdat(body: bytes, *, last: bool = True) -> bytes:
+    return f"BDAT {len(body)}{' LAST' if last else ''}\r\n".encode() + body
+
+
+@dataclass(frozen=True)
+class Txn:
+    recipients: Sequence[str | RcptTo]
+    body: Sequence[bytes] = (BODY,)
+    sender: str | MailFrom = SENDER
+    size: int | None = None
+    eight_bit: bool | None = None
+
+
+Server = Sequence[bytes] | Callable[[bytes], bytes | None]
+
+
+@dataclass
+class Run:
+    conn: ClientConnection
+    #: Every event next_event() returned other than a Signal, in order.
+    events: list[object] = field(default_factory=list)
+    #: What the client had written before each read, then what it wrote at the end.
+    flushes: list[bytes] = field(default_factory=list)
+    #: Server chunks never released (the run stopped first).
+    leftover: list[bytes] = field(default_factory=list)
+
+    @property
+    def written(self) -> bytes:
+        return b"".join(self.flushes)
+
+    @property
+    def results(self) -> list[TransactionResult]:
+        return [e for e in self.events if isinstance(e, TransactionResult)]
+
+    @property
+    def result(self) -> TransactionResult:
+        (result,) = self.results
+        return result
+
+    @property
+    def closed(self) -> ConnectionClosed:
+        last = self.events[-1]
+        assert isinstance(last, ConnectionClosed), self.events
+        return last
+
+
+def client(**options: object) -> ClientConnection:
+    options.setdefault("lhlo_name", NAME)
+    return ClientConnection(**options)  # type: ignore[arg-type]
+
+
+def drive(
+    server: Server,
+    *txns: Txn,
+    then_quit: bool = False,
+    end: str = "eof",
+    conn: ClientConnection | None = None,
+    **options: object,
+) -> Run:
+    """Run a client against `server` until the last transaction's result (or QUIT's
+    ConnectionClosed, or any ConnectionClosed). When the server has nothing more to
+    say, `end` is "eof" (receive_eof), "abort" (abort("read timeout")) or "stop"."""
+    conn = conn if conn is not None else client(**options)
+    run = Run(conn)
+    pending = list(txns)
+    body: list[bytes] = []
+    chunks = None if callable(server) else list(server)
+    out = bytearray()
+    while True:
+        out += conn.data_to_send()
+        event = conn.next_event()
+        if event is Signal.NEED_DATA:
+            run.flushes.append(bytes(out + conn.data_to_send()))
+            out.clear()
+            if chunks is not None:
+                data = chunks.pop(0) if chunks else None
+            else:
+                assert callable(server)
+                data = server(run.flushes[-1])
+            if data is not None:
+                conn.receive_data(data)
+            elif end == "eof":
+                conn.receive_eof()
+            elif end == "abort":
+                conn.abort("read timeout")
+            else:
+                break
+        elif event is Signal.NEED_BODY:
+            if body:
+                conn.send_body(body.pop(0))
+            else:
+                conn.end_body()
+        else:
+            run.events.append(event)
+            if isinstance(event, ConnectionClosed):
+                break
+            if isinstance(event, StartTls):
+                conn.tls_established()
+            elif conn.state is ClientState.READY:
+                if pending:
+                    txn = pending.pop(0)
+                    conn.start_transaction(
+                        txn.sender, txn.recipients, size=txn.size, eight_bit=txn.eight_bit
+                    )
+                    body = list(txn.body)
+                elif then_quit:
+                    conn.quit()
+                    then_quit = False
+                else:
+                    break
+    run.flushes.append(bytes(out) + conn.data_to_send())
+    run.leftover = chunks or []
+    return run
+
+
+def norm(events: list[object]) -> list[object]:
+    """Events made comparable: exceptions inside ConnectionClosed by type and text."""
+    return [
+        (e.reason, e.reply, type(e.error), str(e.error)) if isinstance(e, ConnectionClosed) else e
+        for e in events
+    ]
+
+
+Segments = bytes | Sequence[bytes]
+
+
+def splits(segments: Segments) -> Iterator[list[bytes]]:
+    """The server's bytes whole, byte by byte and in random pieces, cut the same way in
+    every segment and never across two. Segments end where the client goes idle (after
+    LHLO, between transactions, before QUIT): a server cannot answer a command before
+    it was sent, and bytes already there when the client goes idle are unsolicited."""
+    parts = [segments] if isinstance(segments, bytes) else list(segments)
+    ways = [list(every_split(part)) if len(part) > 1 else [[part]] * 5 for part in parts if part]
+    for i in range(5):
+        yield [chunk for way in ways for chunk in way[i]]
+
+
+def run_splits(segments: Segments, *txns: Txn, **kwargs: object) -> Run:
+    """drive() with the server's bytes cut every way of splits(): all must agree."""
+    runs = [drive(chunks, *txns, **kwargs) for chunks in splits(segments)]  # type: ignore[arg-type]
+    first = runs[0]
+    for other in runs[1:]:
+        assert norm(other.events) == norm(first.events)
+        assert other.written == first.written
+    return first
+
+
+def outcomes(result: TransactionResult) -> list[Outcome]:
+    return [(x.status, x.reply.code if x.reply else None, x.stage) for x in result.recipients]
+
+
+def ready(*extensions: str, **options: object) -> ClientConnection:
+    """A client that has read the greeting and LHLO reply, its output drained."""
+    conn = client(**options)
+    conn.receive_data(hello(*extensions))
+    event = conn.next_event()
+    assert isinstance(event, Ready), event
+    conn.data_to_send()
+    return conn
+
+
+def settle(conn: ClientConnection) -> list[object]:
+    """next_event() until a Signal (or ConnectionClosed): the events before it."""
+    events: list[object] = []
+    while True:
+        event = conn.next_event()
+        if isinstance(event, Signal):
+            return events
+        events.append(event)
+        if isinstance(event, ConnectionClosed | StartTls) or conn.state is ClientState.READY:
+            return events
+
+
+def closed_after(run: Run) -> object:
+    """The ConnectionClosed that ends `run`: already among its events, or the next
+    event once the unreleased server bytes are fed (or what next_event() raised)."""
+    if run.events and isinstance(run.events[-1], ConnectionClosed):
+        return run.events[-1]
+    for chunk in run.leftover:
+        run.conn.receive_data(chunk)
+    return event_or_error(run.conn)
+
+
+def event_or_error(conn: ClientConnection) -> object:
+    try:
+        return conn.next_event()
+    except Exception as exc:
+        return exc
+
+
+class FakeServer:
+    """A function of what the client wrote: answers every complete command (MAIL 250,
+    RCPT from `rcpt` codes, DATA 354 when someone was accepted, BDAT chunks from `bdat`
+    codes, one final reply per accepted recipient from `final` codes)."""
+
+    def __init__(
+        self,
+        *extensions: str,
+        rcpt: Sequence[int] = (),
+        final: Sequence[int] = (),
+        bdat: Sequence[int] = (),
+    ) -> None:
+        self.caps = lhlo(*extensions)
+        self.rcpt, self.final, self.bdat = list(rcpt), list(final), list(bdat)
+        self.pending = b""
+        self.started = False
+        self.in_data = False
+        self.accepted = 0
+        self.bdat_sizes: list[tuple[int, bool]] = []
+        self.message = b""  # BDAT payloads joined, or the raw DATA body
+
+    def __call__(self, written: bytes) -> bytes | None:
+        if not self.started:
+            self.started = True
+            return GREETING
+        self.pending += written
+        out = b""
+        while (reply := self._step()) is not None:
+            out += reply
+        return out or None
+
+    def _finals(self) -> bytes:
+        codes = [self.final.pop(0) if self.final else 250 for _ in range(self.accepted)]
+        return b"".join(r(code, "final") for code in codes)
+
+    def _step(self) -> bytes | None:
+        if self.in_data:
+            if self.pending.startswith(b".\r\n"):
+                end = 0
+            else:
+                end = self.pending.find(b"\r\n.\r\n")
+                if end < 0:
+                    return None
+                end += 2
+            self.message += self.pending[:end]
+            self.pending = self.pending[end + 3 :]
+            self.in_data = False
+            return self._finals()
+        cut = self.pending.find(b"\r\n")
+        if cut < 0:
+            return None
+        words = self.pending[:cut].decode().split(" ")
+        verb = words[0].upper()
+        if verb == "BDAT":
+            size, last = int(words[1]), words[-1] == "LAST"
+            if len(self.pending) < cut + 2 + size:
+                return None
+            self.message += self.pending[cut + 2 : cut + 2 + size]
+            self.pending = self.pending[cut + 2 + size :]
+            self.bdat_sizes.append((size, last))
+            if not last:
+                return r(self.bdat.pop(0) if self.bdat else 250, "chunk")
+            return self._finals() if self.accepted else r(503, "no valid recipients")
+        self.pending = self.pending[cut + 2 :]
+        if verb == "LHLO":
+            return self.caps
+        if verb == "MAIL":
+            self.accepted = 0
+            return r(250)
+        if verb == "RCPT":
+            code = self.rcpt.pop(0) if self.rcpt else 250
+            self.accepted += code < 400
+            return r(code)
+        if verb == "DATA":
+            self.in_data = bool(self.accepted)
+            return r(354, "go") if self.accepted else r(503, "no valid recipients")
+        if verb == "QUIT":
+            return r(221, "bye")
+        return r(250)
+
+
+# ---- greeting, LHLO and capabilities ------------------------------------------------
+
+
+def test_greeting_220_gets_lhlo_and_ready() -> None:
+    run = drive([GREETING, lhlo("PIPELINING", "8BITMIME")])
+    assert run.flushes == [b"", LHLO, b""]
+    (event,) = run.events
+    assert isinstance(event, Ready)
+    assert event.capabilities == run.conn.capabilities
+    assert event.capabilities.server == "mx.example.org"
+    assert "PIPELINING" in event.capabilities and "8BITMIME" in event.capabilities
+    assert run.conn.state is ClientState.READY
+    assert b"HELO" not in run.written and b"EHLO" not in run.written
+
+
+def test_greeting_and_lhlo_same_for_every_split() -> None:
+    run = run_splits(hello("PIPELINING", "CHUNKING", "SIZE 100"))
+    assert run.written == LHLO
+    (event,) = run.events
+    assert isinstance(event, Ready)
+    assert event.capabilities.size == 100
+
+
+@pytest.mark.parametrize(
+    "greeting",
+    [b"554 5.3.2 go away\r\n", b"421 4.3.2 shutting down\r\n", b"554-no\r\n554 really not\r\n"],
+)
+def test_greeting_refused_closes_with_that_reply(greeting: bytes) -> None:
+    run = run_splits(greeting, Txn([A]))
+    (closed,) = run.events
+    assert isinstance(closed, ConnectionClosed)
+    assert closed.reply is not None and closed.reply.code == int(greeting[:3])
+    assert closed.error is None
+    assert b"LHLO" not in run.written and b"MAIL" not in run.written
+    assert run.conn.state is ClientState.CLOSED
+    with pytest.raises(LocalProtocolError):
+        run.conn.next_event()
+
+
+@pytest.mark.parametrize("refusal", [b"500 5.5.1 what\r\n", b"421 4.3.2 bye\r\n", b"550 no\r\n"])
+def test_lhlo_refused_closes(refusal: bytes) -> None:
+    run = run_splits(GREETING + refusal, Txn([A]))
+    (closed,) = run.events
+    assert isinstance(closed, ConnectionClosed)
+    assert closed.reply is not None and closed.reply.code == int(refusal[:3])
+    assert run.written == LHLO
+    assert run.conn.capabilities is None
+
+
+def test_never_helo_or_ehlo_even_when_lhlo_is_refused() -> None:
+    run = drive([GREETING, b"500 5.5.1 say EHLO\r\n"])
+    assert b"HELO" not in run.written.upper() and b"EHLO" not in run.written.upper()
+    assert isinstance(run.closed, ConnectionClosed)
+
+
+def test_capabilities_from_reply() -> None:
+    reply = Reply(
+        250,
+        None,
+        "mx.example.org hello there\npipelining\nSize 1000\nXFOO bar  baz\n8bitmime"
+        "\nbad_keyword!\n\nENHANCEDSTATUSCODES",
+    )
+    caps = Capabilities.from_reply(reply)
+    assert caps.server == "mx.example.org"
+    assert caps.extensions == (
+        ("PIPELINING", ""),
+        ("SIZE", "1000"),
+        ("XFOO", "bar  baz"),
+        ("8BITMIME", ""),
+        ("ENHANCEDSTATUSCODES", ""),
+    )
+    assert "pipelining" in caps and "Pipelining" in caps
+    assert caps.param("xfoo") == "bar  baz"
+    assert caps.param("PIPELINING") == ""
+    assert caps.param("CHUNKING") is None
+    assert "CHUNKING" not in caps
+    assert 42 not in caps
+    assert caps.size == 1000
+
+
+@pytest.mark.parametrize(
+    ("line", "offered", "size"),
+    [
+        ("SIZE", True, None),
+        ("SIZE 0", True, None),
+        ("SIZE 1000", True, 1000),
+        ("SIZE lots", True, None),
+        ("PIPELINING", False, None),
+    ],
+)
+def test_capabilities_size(line: str, offered: bool, size: int | None) -> None:
+    caps = Capabilities.from_reply(Reply(250, None, f"mx\n{line}"))
+    assert ("SIZE" in caps) is offered
+    assert caps.size == size
+
+
+def test_lhlo_name_is_checked() -> None:
+    with pytest.raises(LocalProtocolError):
+        ClientConnection(lhlo_name="bad name\r\nMAIL FROM:<x@y>")
+    conn = ClientConnection(lhlo_name="[192.0.2.1]")
+    conn.receive_data(GREETING)
+    assert conn.next_event() is Signal.NEED_DATA
+    assert conn.data_to_send() == b"LHLO [192.0.2.1]\r\n"
+
+
+# ---- what goes out in one write -----------------------------------------------------
+
+
+def test_pipelining_sends_mail_rcpts_and_data_in_one_write() -> None:
+    conn = ready("PIPELINING")
+    conn.start_transaction(SENDER, [A, B, C])
+    assert conn.data_to_send() == MAIL + rcpt(A) + rcpt(B) + rcpt(C) + DATA
+    conn.receive_data(r(250) * 4)
+    assert conn.next_event() is Signal.NEED_DATA  # no body before 354
+    assert conn.data_to_send() == b""
+    assert conn.phase is Phase.DATA_INIT
+    conn.receive_data(r(354, "go"))
+    assert conn.next_event() is Signal.NEED_BODY
+    conn.send_body(b".hidden\nline\r\n.")
+    conn.end_body()
+    assert conn.data_to_send() == b"..hidden\r\nline\r\n..\r\n.\r\n"
+    assert conn.next_event() is Signal.NEED_DATA
+    conn.receive_data(r(250) * 3)
+    result = conn.next_event()
+    assert isinstance(result, TransactionResult) and result.all_delivered
+
+
+def test_pipelining_and_chunking_send_envelope_and_first_chunk_in_one_write() -> None:
+    conn = ready("PIPELINING", "CHUNKING")
+    conn.start_transaction(SENDER, [A, B])
+    assert conn.data_to_send() == b""  # held for the first chunk
+    assert conn.next_event() is Signal.NEED_BODY
+    conn.send_body(b"Subject: x\n\n.dot\n")
+    assert conn.next_event() is Signal.NEED_BODY
+    conn.end_body()
+    assert conn.next_event() is Signal.NEED_DATA
+    payload = b"Subject: x\r\n\r\n.dot\r\n"  # normalised, never dot-stuffed
+    assert conn.data_to_send() == MAIL + rcpt(A) + rcpt(B) + bdat(payload)
+    conn.receive_data(r(250) * 3 + r(250) + r(452))
+    result = conn.next_event()
+    assert isinstance(result, TransactionResult)
+    assert outcomes(result) == [(DEL, 250, DT), (TMP, 452, DT)]
+
+
+def test_without_pipelining_one_command_per_reply() -> None:
+    server = FakeServer(rcpt=[250, 250], final=[250, 250])
+    run = drive(server, Txn([A, B]))
+    assert run.flushes == [b"", LHLO, MAIL, rcpt(A), rcpt(B), DATA, BODY + b".\r\n", b""]
+    assert outcomes(run.result) == [(DEL, 250, DT), (DEL, 250, DT)]
+    assert server.message == BODY
+
+
+def test_chunking_without_pipelining_sends_bdat_after_the_last_rcpt_reply() -> None:
+    server = FakeServer("CHUNKING")
+    run = drive(server, Txn([A, B]))
+    assert run.flushes == [b"", LHLO, MAIL, rcpt(A), rcpt(B), bdat(BODY), b""]
+    assert run.result.all_delivered
+
+
+def test_chunking_false_forces_data() -> None:
+    server = FakeServer("PIPELINING", "CHUNKING")
+    run = drive(server, Txn([A]), chunking=False)
+    assert run.flushes == [b"", LHLO, MAIL + rcpt(A) + DATA, BODY + b".\r\n", b""]
+    assert b"BDAT" not in run.written
+    assert run.result.all_delivered
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_large_body_goes_in_chunks_each_after_the_previous_reply(pipelining: bool) -> None:
+    exts = ("PIPELINING", "CHUNKING") if pipelining else ("CHUNKING",)
+    server = FakeServer(*exts)
+    pieces = [b"0123456789" * 7 + b"\n"] * 3  # 3 lines of 70 + CRLF = 216 octets
+    run = drive(server, Txn([A, B], body=pieces), limits=Limits(bdat_chunk=64))
+    assert server.bdat_sizes == [(64, False), (64, False), (64, False), (24, True)]
+    assert server.message == (b"0123456789" * 7 + b"\r\n") * 3
+    # every read follows exactly one BDAT command: the next chunk waits for the reply
+    chunk_reads = [f for f in run.flushes if b"BDAT" in f]
+    assert [f.count(b"BDAT ") for f in chunk_reads] == [1, 1, 1, 1]
+    if pipelining:
+        assert chunk_reads[0].startswith(MAIL + rcpt(A) + rcpt(B) + b"BDAT 64\r\n")
+    else:
+        assert run.flushes[3:5] == [rcpt(A), rcpt(B)]
+        assert chunk_reads[0].startswith(b"BDAT 64\r\n")
+    assert run.result.all_delivered
+
+
+def test_body_ending_at_a_chunk_boundary_ends_with_bdat_0_last() -> None:
+    server = FakeServer("PIPELINING", "CHUNKING")
+    body = b"x" * 62 + b"\r\n"
+    run = drive(server, Txn([A], body=[body]), limits=Limits(bdat_chunk=64))
+    assert server.bdat_sizes == [(64, False), (0, True)]
+    assert run.flushes[-2] == b"BDAT 0 LAST\r\n"
+    assert server.message == body
+    assert run.result.all_delivered
+
+
+def test_bdat_stream_same_for_every_split() -> None:
+    stream = [hello("PIPELINING", "CHUNKING"), r(250) * 3 + r(250, "chunk") + r(250) + r(550)]
+    body = [b"a" * 40 + b"\n", b"b" * 40]
+    run = run_splits(stream, Txn([A, B], body=body), limits=Limits(bdat_chunk=64))
+    payload = b"a" * 40 + b"\r\n" + b"b" * 40 + b"\r\n"
+    assert run.written == (
+        LHLO + MAIL + rcpt(A) + rcpt(B) + bdat(payload[:64], last=False) + bdat(payload[64:])
+    )
+    assert outcomes(run.result) == [(DEL, 250, DT), (PRM, 550, DT)]
+
+
+def test_refused_bdat_chunk_fails_everyone_and_sends_no_more_chunks() -> None:
+    server = FakeServer("PIPELINING", "CHUNKING", rcpt=[250, 550, 250], bdat=[250, 552])
+    body = [b"y" * 300 + b"\n"]
+    run = drive(server, Txn([A, B, C], body=body), limits=Limits(bdat_chunk=100))
+    assert server.bdat_sizes == [(100, False), (100, False)]
+    assert outcomes(run.result) == [(PRM, 552, DT), (PRM, 550, RC), (PRM, 552, DT)]
+    assert run.written.endswith(b"BDAT 100\r\n" + b"y" * 100 + RSET)
+
+
+def test_binarymime_passes_bytes_untouched_over_bdat() -> None:
+    conn = ready("CHUNKING", "BINARYMIME", "PIPELINING", chunking=False)
+    conn.start_transaction(MailFrom(SENDER, (("BODY", "BINARYMIME"),)), [A])
+    assert conn.next_event() is Signal.NEED_BODY
+    conn.send_body(b"a\nb\x00\xff\r")
+    conn.end_body()
+    assert conn.next_event() is Signal.NEED_DATA
+    line = b"MAIL FROM:<sender@example.org> BODY=BINARYMIME\r\n"
+    assert conn.data_to_send() == line + rcpt(A) + bdat(b"a\nb\x00\xff\r")
+
+
+def test_empty_body() -> None:
+    run = drive(FakeServer("PIPELINING"), Txn([A], body=[]))
+    assert run.flushes[-2] == b".\r\n"
+    run = drive(FakeServer("PIPELINING", "CHUNKING"), Txn([A], body=[]))
+    assert run.flushes[-2] == MAIL + rcpt(A) + b"BDAT 0 LAST\r\n"
+    assert run.result.all_delivered
+
+
+# ---- per-recipient outcomes ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("exts", [("PIPELINING",), (), ("PIPELINING", "CHUNKING"), ("CHUNKING",)])
+def test_mixed_replies_after_data_paired_by_position(exts: tuple[str, ...]) -> None:
+    # RCPT: a 250, b 550, c 250, d 450, e 250; after the data: a 250, c 452, e 552
+    rcpts = r(250) + r(550) + r(250) + r(450) + r(250)
+    data = b"" if "CHUNKING" in exts else r(354)
+    stream = [hello(*exts), r(250) + rcpts + data + r(250) + r(452) + r(552)]
+    run = run_splits(stream, Txn([A, B, C, "d@example.org", "e@example.org"]))
+    result = run.result
+    assert outcomes(result) == [
+        (DEL, 250, DT),
+        (PRM, 550, RC),
+        (TMP, 452, DT),
+        (TMP, 450, RC),
+        (PRM, 552, DT),
+    ]
+    assert [x.recipient for x in result.recipients] == [
+        A,
+        B,
+        C,
+        "d@example.org",
+        "e@example.org",
+    ]
+    assert isinstance(result.recipients, tuple)
+    assert [x.recipient for x in result.delivered] == [A]
+    assert [x.recipient for x in result.retry] == [C, "d@example.org"]
+    assert [x.recipient for x in result.failed] == [B, "e@example.org"]
+    assert not result.all_delivered
+
+
+def test_enhanced_codes_and_texts_reach_the_results() -> None:
+    stream = [hello("PIPELINING"), r(250) + r(250) + r(354)]
+    stream[1] += b"250-2.0.0 saved\r\n250 2.0.0 as 1234\r\n"
+    run = run_splits(stream, Txn([A]))
+    (x,) = run.result.recipients
+    assert x.reply == Reply(250, "2.0.0", "saved\nas 1234")
+
+
+def test_duplicate_recipients_get_separate_outcomes() -> None:
+    stream = [hello("PIPELINING"), r(250) + r(250) + r(550) + r(250) + r(354) + r(250) + r(452)]
+    run = run_splits(stream, Txn([A, A, A]))
+    assert outcomes(run.result) == [(DEL, 250, DT), (PRM, 550, RC), (TMP, 452, DT)]
+    assert [x.recipient for x in run.result.recipients] == [A, A, A]
+
+
+@pytest.mark.parametrize("code", [550, 451])
+def test_rejected_mail_fails_every_recipient_pipelined(code: int) -> None:
+    stream = [hello("PIPELINING"), r(code, "sender refused") + r(503) * 2 + r(503)]
+    run = run_splits(stream, Txn([A, B]))
+    status = PRM if code == 550 else TMP
+    assert outcomes(run.result) == [(status, code, RC)] * 2
+    assert all(x.reply == Reply(code, None, "sender refused") for x in run.result.recipients)
+    assert run.written == LHLO + MAIL + rcpt(A) + rcpt(B) + DATA  # no RSET, no body
+
+
+def test_rejected_mail_without_pipelining_sends_no_rcpt() -> None:
+    run = run_splits([hello(), r(550, "no")], Txn([A, B]))
+    assert outcomes(run.result) == [(PRM, 550, RC)] * 2
+    assert run.written == LHLO + MAIL
+    assert run.conn.state is ClientState.READY
+
+
+def test_no_recipient_accepted_pipelined_data_gets_503_then_rset() -> None:
+    stream = [hello("PIPELINING"), r(250) + r(550) + r(450) + r(503) + r(250)]
+    run = run_splits(stream, Txn([A, B]))
+    assert outcomes(run.result) == [(PRM, 550, RC), (TMP, 450, RC)]
+    assert run.written == LHLO + MAIL + rcpt(A) + rcpt(B) + DATA + RSET
+
+
+def test_no_recipient_accepted_without_pipelining_sends_only_rset() -> None:
+    run = run_splits([hello(), r(250) + r(550) + r(550) + r(250)], Txn([A, B]))
+    assert outcomes(run.result) == [(PRM, 550, RC)] * 2
+    assert run.written == LHLO + MAIL + rcpt(A) + rcpt(B) + RSET
+
+
+def test_no_recipient_accepted_pipelined_bdat() -> None:
+    stream = [hello("PIPELINING", "CHUNKING"), r(250) + r(550) + r(503) + r(250)]
+    run = run_splits(stream, Txn([A]))
+    assert outcomes(run.result) == [(PRM, 550, RC)]
+    assert run.written == LHLO + MAIL + rcpt(A) + bdat(BODY) + RSET
+
+
+def test_no_recipient_accepted_bdat_chunk_refused() -> None:
+    stream = [hello("PIPELINING", "CHUNKING"), r(250) + r(550) + r(503) + r(250)]
+    run = run_splits(stream, Txn([A], body=[b"z" * 100]), limits=Limits(bdat_chunk=64))
+    assert outcomes(run.result) == [(PRM, 550, RC)]
+    assert run.written.endswith(b"BDAT 64\r\n" + b"z" * 64 + RSET)
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_data_refused_fails_every_accepted_recipient(pipelining: bool) -> None:
+    exts = ("PIPELINING",) if pipelining else ()
+    stream = [hello(*exts), r(250) + r(250) + r(550) + r(250) + r(451, "try later") + r(250)]
+    run = run_splits(stream, Txn([A, B, C]))
+    assert outcomes(run.result) == [(TMP, 451, DT), (PRM, 550, RC), (TMP, 451, DT)]
+    assert run.written.endswith(DATA + RSET)
+    assert b"hello" not in run.written  # no body
+
+
+def test_data_answered_250_is_not_a_delivery() -> None:
+    # DATA must get 354 or a refusal; a 250 comes before any body was sent, so nothing
+    # can have been delivered (README: "never reports a recipient delivered that the
+    # server did not confirm"; the confirmation comes after the data).
+    stream = [hello("PIPELINING"), r(250) + r(250) + r(250, "sure") + r(250) + r(250)]
+    run = run_splits(stream, Txn([A]))
+    assert b"hello" not in run.written
+    assert run.result.recipients[0].status is not DEL, run.result
+
+
+def test_a_3xx_reply_after_the_data_is_not_a_delivery() -> None:
+    stream = [hello("PIPELINING"), r(250) + r(250) + r(354) + r(354, "again?")]
+    run = run_splits(stream, Txn([A]))
+    assert run.result.recipients[0].status is not DEL, run.result
+
+
+# ---- the connection ending at every point --------------------------------------------
+
+# Recipients a, b, c; RCPT replies 250, 550, 250; after the data 250 (a), 452 (c).
+_REPLIES_DATA = [GREETING, lhlo(), r(250), r(250), r(550), r(250), r(354), r(250), r(452)]
+_REPLIES_BDAT = [GREETING, lhlo("CHUNKING"), r(250), r(250), r(550), r(250), r(250), r(452)]
+_REPLIES_PIPE_BDAT = [GREETING, lhlo("PIPELINING", "CHUNKING"), *_REPLIES_BDAT[2:]]
+
+_T: Outcome = (TMP, None, None)
+_U: Outcome = (UNK, None, None)
+_B: Outcome = (PRM, 550, RC)
+_D: Outcome = (DEL, 250, DT)
+# Expected outcomes after k transaction replies (MAIL first) then the end.
+_CUT_DATA = [[_T, _T, _T], [_T, _T, _T], [_T, _T, _T], [_T, _B, _T], [_T, _B, _T]]
+_CUT_DATA += [[_U, _B, _U], [_D, _B, _U]]  # after 354 the whole body and dot went out
+_CUT_BDAT = [*_CUT_DATA[:4], [_U, _B, _U], [_D, _B, _U]]  # BDAT LAST after the RCPTs
+# Pipelined BDAT: the envelope and the whole (small) message went out in one write, so
+# a recipient without a reply may have been delivered: UNKNOWN, never TEMPORARY.
+_CUT_PIPE_BDAT = [[_U, _U, _U], [_U, _U, _U], [_U, _U, _U], [_U, _B, _U], [_U, _B, _U]]
+_CUT_PIPE_BDAT += [[_D, _B, _U]]
+
+
+def _cut_cases() -> list[object]:
+    cases: list[object] = []
+    for mode, replies, table in [
+        ("data", _REPLIES_DATA, _CUT_DATA),
+        ("pipelined-data", [GREETING, lhlo("PIPELINING"), *_REPLIES_DATA[2:]], _CUT_DATA),
+        ("bdat", _REPLIES_BDAT, _CUT_BDAT),
+        ("pipelined-bdat", _REPLIES_PIPE_BDAT, _CUT_PIPE_BDAT),
+    ]:
+        for k in range(len(replies)):
+            expected = table[k - 2] if k >= 2 else None
+            cases.append(pytest.param(replies, k, expected, id=f"{mode}-after-{k}-replies"))
+    return cases
+
+
+@pytest.mark.parametrize("end", ["eof", "abort"])
+@pytest.mark.parametrize(("replies", "k", "expected"), _cut_cases())
+def test_connection_ends_after_k_replies(
+    replies: list[bytes], k: int, expected: list[Outcome] | None, end: str
+) -> None:
+    segments = [b"".join(replies[: min(k, 2)]), b"".join(replies[2:k])]  # hello | the rest
+    run = run_splits(segments, Txn([A, B, C]), end=end)
+    closed = run.closed
+    assert closed.reply is None and closed.error is None
+    if end == "abort":
+        assert closed.reason == "read timeout"
+    assert run.conn.state is ClientState.CLOSED
+    if expected is None:  # before the session was open: nothing to settle
+        assert len(run.events) == 1
+        return
+    assert isinstance(run.events[0], Ready)
+    assert outcomes(run.result) == expected
+    assert run.events[1] is run.result and len(run.events) == 3
+
+
+@pytest.mark.parametrize("end", ["eof", "abort"])
+def test_connection_ends_during_the_body(end: str) -> None:
+    conn = ready("PIPELINING")
+    conn.start_transaction(SENDER, [A, B])
+    conn.receive_data(r(250) + r(250) + r(550) + r(354))
+    assert conn.next_event() is Signal.NEED_BODY
+    conn.send_body(b"half a mess")
+    if end == "eof":
+        conn.receive_eof()
+    else:
+        conn.abort("write failed")
+    result = conn.next_event()
+    assert isinstance(result, TransactionResult)
+    assert outcomes(result) == [_T, _B]
+    closed = conn.next_event()
+    assert isinstance(closed, ConnectionClosed)
+    assert end == "eof" or closed.reason == "write failed"
+    with pytest.raises(LocalProtocolError):
+        conn.send_body(b"more")
+    with pytest.raises(LocalProtocolError):
+        conn.next_event()
+
+
+def test_connection_ends_with_a_full_chunk_waiting() -> None:
+    conn = ready("PIPELINING", "CHUNKING", limits=Limits(bdat_chunk=64))
+    conn.start_transaction(SENDER, [A])
+    assert conn.next_event() is Signal.NEED_BODY
+    conn.send_body(b"w" * 200)
+    assert conn.next_event() is Signal.NEED_DATA  # first chunk out, the next waits
+    assert conn.data_to_send().endswith(b"BDAT 64\r\n" + b"w" * 64)
+    conn.receive_data(r(250) * 2)
+    assert conn.next_event() is Signal.NEED_DATA  # still waiting for the chunk's reply
+    conn.receive_eof()
+    assert outcomes(conn.next_event()) == [_T]  # type: ignore[arg-type]
+    assert isinstance(conn.next_event(), ConnectionClosed)
+
+
+def test_eof_and_abort_when_idle_or_closed() -> None:
+    conn = ready()
+    conn.receive_eof()
+    closed = conn.next_event()
+    assert isinstance(closed, ConnectionClosed) and closed.reason
+    conn.receive_eof()  # no effect once closed
+    conn.abort("again")
+    conn.receive_data(r(250))
+    assert conn.state is ClientState.CLOSED
+    assert conn.data_to_send() == b""
+    with pytest.raises(LocalProtocolError):
+        conn.next_event()
+
+
+# 421 mid-transaction (no pipelining): (replies before the 421, MAIL's first; outcomes)
+_421_CASES = [
+    ([], [(TMP, 421, RC)] * 3),  # to MAIL
+    ([r(250)], [(TMP, 421, RC), _T, _T]),  # to RCPT a
+    ([r(250), r(250)], [_T, (TMP, 421, RC), _T]),  # to RCPT b
+    ([r(250), r(250), r(550)], [_T, _B, (TMP, 421, RC)]),  # to RCPT c
+    ([r(250), r(250), r(550), r(250)], [(TMP, 421, DT), _B, (TMP, 421, DT)]),  # to DATA
+    ([r(250), r(250), r(550), r(250), r(354)], [(TMP, 421, DT), _B, _U]),  # final a
+    ([r(250), r(250), r(550), r(250), r(354), r(250)], [_D, _B, (TMP, 421, DT)]),  # final c
+]
+_421_IDS = ["mail", "rcpt-a", "rcpt-b", "rcpt-c", "data", "final-a", "final-c"]
+
+
+@pytest.mark.parametrize("exts", [(), ("PIPELINING",)], ids=["lockstep", "pipelined"])
+@pytest.mark.parametrize(("before", "expected"), _421_CASES, ids=_421_IDS)
+def test_421_settles_and_closes(
+    before: list[bytes], expected: list[Outcome], exts: tuple[str, ...]
+) -> None:
+    stream = [GREETING + lhlo(*exts), b"".join([*before, r(421, "bye")])]
+    run = run_splits(stream, Txn([A, B, C]), end="stop")
+    assert outcomes(run.result) == expected
+    assert run.closed.reply == Reply(421, None, "bye")
+    assert run.conn.state is ClientState.CLOSED
+
+
+@pytest.mark.parametrize(("before", "expected"), _421_CASES, ids=_421_IDS)
+def test_nothing_is_written_after_a_421(before: list[bytes], expected: list[Outcome]) -> None:
+    # The server said it is closing the channel (RFC 5321 3.8, 4.2.3): the client
+    # settles as if the connection were lost, so it should not go on writing the next
+    # RCPT, DATA or RSET after the 421.
+    run = drive([GREETING, lhlo(), *before, r(421, "bye")], Txn([A, B, C]), end="stop")
+    assert isinstance(run.closed, ConnectionClosed)
+    assert run.flushes[-1] == b""
+
+
+def test_421_to_rset_closes() -> None:
+    run = drive([hello(), r(250), r(550), r(421, "bye")], Txn([A]), end="stop")
+    assert outcomes(run.result) == [_B]
+    assert run.written.endswith(RSET)
+    event = closed_after(run)
+    assert isinstance(event, ConnectionClosed), event
+
+
+# ---- many transactions, QUIT --------------------------------------------------------
+
+
+def test_many_transactions_each_get_their_own_replies() -> None:
+    stream = [
+        hello("PIPELINING"),
+        r(250) + r(250) + r(250) + r(354) + r(250) + r(550, "full"),  # a, b
+        r(250) + r(450) + r(503) + r(250, "reset"),  # c refused: RSET
+        r(250) + r(250) + r(354) + r(250, "third"),  # a
+        r(221, "bye"),
+    ]
+    txns = [Txn([A, B]), Txn([C]), Txn([A], body=[b"third\n"])]
+    run = run_splits(stream, *txns, then_quit=True)
+    first, second, third = run.results
+    assert outcomes(first) == [(DEL, 250, DT), (PRM, 550, DT)]
+    assert outcomes(second) == [(TMP, 450, RC)]
+    assert outcomes(third) == [(DEL, 250, DT)]
+    assert third.recipients[0].reply == Reply(250, None, "third")
+    envelope = MAIL + rcpt(A) + DATA
+    assert run.written == (
+        LHLO
+        + MAIL
+        + rcpt(A)
+        + rcpt(B)
+        + DATA
+        + BODY
+        + b".\r\n"
+        + MAIL
+        + rcpt(C)
+        + DATA
+        + RSET
+        + envelope
+        + b"third\r\n.\r\n"
+        + QUIT
+    )
+    assert run.closed.reason == "quit"
+    assert run.closed.reply == Reply(221, None, "bye")
+
+
+def test_quit_then_eof() -> None:
+    run = drive([hello()], then_quit=True)
+    assert run.written == LHLO + QUIT
+    assert isinstance(run.closed, ConnectionClosed)
+    assert run.conn.state is ClientState.CLOSED
+
+
+def test_no_command_after_quit() -> None:
+    conn = ready("PIPELINING")
+    assert conn.reusable
+    conn.quit()
+    assert conn.data_to_send() == QUIT
+    assert conn.phase is Phase.COMMAND
+    assert not conn.reusable
+    with pytest.raises(LocalProtocolError):
+        conn.quit()
+    with pytest.raises(LocalProtocolError):
+        conn.start_transaction(SENDER, [A])
+    assert conn.data_to_send() == b""
+
+
+def test_quit_outside_ready_raises() -> None:
+    conn = client()
+    with pytest.raises(LocalProtocolError):
+        conn.quit()
+    conn = ready()
+    conn.start_transaction(SENDER, [A])
+    conn.data_to_send()
+    with pytest.raises(LocalProtocolError):
+        conn.quit()
+    assert conn.data_to_send() == b""
+
+
+# ---- STARTTLS -----------------------------------------------------------------------
+
+
+def test_starttls_not_offered_quits_before_any_mail() -> None:
+    run = run_splits(hello("PIPELINING"), Txn([A]), require_starttls=True)
+    assert run.written == LHLO + QUIT
+    (closed,) = run.events
+    assert isinstance(closed, ConnectionClosed) and "STARTTLS" in closed.reason
+
+
+def test_starttls_refused_quits() -> None:
+    stream = [hello("STARTTLS"), r(454, "TLS not available")]
+    run = run_splits(stream, Txn([A]), require_starttls=True)
+    assert run.written == LHLO + b"STARTTLS\r\n" + QUIT
+    (closed,) = run.events
+    assert isinstance(closed, ConnectionClosed)
+    assert closed.reply == Reply(454, None, "TLS not available")
+
+
+def test_starttls_not_used_unless_required() -> None:
+    run = drive(FakeServer("STARTTLS", "PIPELINING"), Txn([A]))
+    assert b"STARTTLS" not in run.written
+    assert run.result.all_delivered
+
+
+def test_starttls_then_fresh_lhlo_and_capabilities() -> None:
+    # The 220 ends a read (what follows it in the same read is an injection, below).
+    before = hello("STARTTLS") + r(220, "go ahead")
+    after = [lhlo("PIPELINING", "SIZE 500", name="mx.secure"), r(250) + r(250) + r(354) + r(250)]
+    run = run_splits([before, *after], Txn([A]), require_starttls=True)
+    assert run.written.startswith(LHLO + b"STARTTLS\r\n" + LHLO + MAIL + rcpt(A) + DATA)
+    lockstep = drive(
+        [GREETING, lhlo("STARTTLS"), r(220, "go"), *after], Txn([A]), require_starttls=True
+    )
+    assert lockstep.flushes[:4] == [b"", LHLO, b"STARTTLS\r\n", LHLO]
+    assert isinstance(run.events[0], StartTls)
+    ready_event = run.events[1]
+    assert isinstance(ready_event, Ready)
+    assert ready_event.capabilities.server == "mx.secure"
+    assert ready_event.capabilities.size == 500
+    assert "STARTTLS" not in ready_event.capabilities
+    assert run.result.all_delivered
+
+
+def test_starttls_handshake_state() -> None:
+    conn = client(require_starttls=True)
+    conn.receive_data(hello("STARTTLS"))
+    assert conn.next_event() is Signal.NEED_DATA
+    assert conn.phase is Phase.STARTTLS
+    assert conn.data_to_send() == LHLO + b"STARTTLS\r\n"
+    conn.receive_data(r(220, "go"))
+    assert isinstance(conn.next_event(), StartTls)
+    assert conn.state is ClientState.TLS_HANDSHAKE
+    conn.receive_data(b"")  # allowed, changes nothing
+    with pytest.raises(LocalProtocolError):
+        conn.receive_data(b"250 early\r\n")
+    with pytest.raises(LocalProtocolError):
+        conn.next_event()
+    with pytest.raises(LocalProtocolError):
+        conn.start_transaction(SENDER, [A])
+    assert conn.state is ClientState.TLS_HANDSHAKE
+    assert conn.data_to_send() == b""
+    conn.tls_established()
+    assert conn.capabilities is None  # forgotten until the new LHLO reply
+    assert conn.data_to_send() == LHLO
+    assert conn.phase is Phase.LHLO
+    with pytest.raises(LocalProtocolError):
+        conn.tls_established()
+    conn.receive_data(lhlo("STARTTLS"))
+    assert isinstance(conn.next_event(), Ready)
+    assert conn.data_to_send() == b""  # no second STARTTLS
+
+
+@pytest.mark.parametrize("injected", [b"250 injected\r\n", b"2", b"250-a\r\n"])
+def test_starttls_response_injection_closes(injected: bytes) -> None:
+    before = hello("STARTTLS")
+    for pre in every_split(before):
+        run = drive([*pre, b"220 go\r\n" + injected], Txn([A]), require_starttls=True)
+        (closed,) = run.events
+        assert isinstance(closed, ConnectionClosed)
+        assert isinstance(closed.error, RemoteProtocolError)
+        assert run.written == LHLO + b"STARTTLS\r\n"
+        assert run.conn.state is ClientState.CLOSED
+
+
+def test_starttls_injection_split_after_the_220_is_refused_by_receive_data() -> None:
+    conn = client(require_starttls=True)
+    conn.receive_data(hello("STARTTLS") + b"22")
+    assert conn.next_event() is Signal.NEED_DATA
+    conn.receive_data(b"0 go\r\n")
+    assert isinstance(conn.next_event(), StartTls)
+    with pytest.raises(LocalProtocolError):
+        conn.receive_data(b"250 injected\r\n")
+
+
+# ---- local validation ---------------------------------------------------------------
+
+_ALL = ("PIPELINING", "SIZE 1000", "8BITMIME", "SMTPUTF8", "DSN", "CHUNKING", "BINARYMIME")
+
+_LOCAL_64 = "l" * 64
+_DOMAIN_189 = "d" * 63 + "." + "d" * 63 + "." + "d" * 61  # 64 + 1 + 189 = 254 octets
+
+
+def _refused(exts: Sequence[str], call: Callable[[ClientConnection], None]) -> None:
+    """`call` raises LocalProtocolError, queues nothing and leaves the client READY
+    and usable."""
+    conn = ready(*exts, "PIPELINING")
+    with pytest.raises(LocalProtocolError):
+        call(conn)
+    assert conn.data_to_send() == b""
+    assert conn.state is ClientState.READY
+    assert conn.phase is Phase.COMMAND
+    conn.start_transaction(SENDER, [A], eight_bit=False)
+    assert conn.state is ClientState.TRANSACTION
+    assert conn.phase is Phase.MAIL
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "a\r\n@example.org",
+        "a@example.org\r\nRSET",
+        "a\n@example.org",
+        "a\r@example.org",
+        "a\x00@example.org",
+        "a b@example.org",
+        "a@exa mple.org",
+        "<a@example.org>",
+        "a@example.org>",
+        "a>@example.org",
+        "a@example.org> SIZE=1",
+        "a<@example.org",
+        "example.org",
+        "",
+        "a@",
+        "@example.org",
+        "a@@example.org",
+        "a@example..org",
+        "a@-example.org",
+        "a\t@example.org",
+        "l" * 65 + "@example.org",
+        _LOCAL_64 + "@" + _DOMAIN_189 + "d",
+        "a@" + ("d" * 63 + ".") * 4 + "org",  # domain over 255
+    ],
+)
+def test_invalid_recipient_or_sender_address_is_refused(address: str) -> None:
+    _refused(_ALL, lambda conn: conn.start_transaction(SENDER, [A, address]))
+    if address:  # "" is the null sender
+        _refused(_ALL, lambda conn: conn.start_transaction(address, [A]))
+
+
+def test_address_length_limits_are_inclusive() -> None:
+    longest = _LOCAL_64 + "@" + _DOMAIN_189
+    assert len(longest) == 254  # + "<>" = 256, RFC 5321 4.5.3.1.3
+    conn = ready("PIPELINING")
+    conn.start_transaction(longest, [longest, '"quoted local"@[192.0.2.1]'])
+    lines = conn.data_to_send().split(b"\r\n")
+    assert lines[0] == f"MAIL FROM:<{longest}>".encode()
+    assert lines[2] == b'RCPT TO:<"quoted local"@[192.0.2.1]>'
+
+
+def test_null_sender() -> None:
+    conn = ready("PIPELINING")
+    conn.start_transaction("", [A])
+    assert conn.data_to_send() == b"MAIL FROM:<>\r\n" + rcpt(A) + DATA
+
+
+def test_non_ascii_address_needs_smtputf8() -> None:
+    _refused(("8BITMIME",), lambda conn: conn.start_transaction("ü@example.org", [A]))
+    _refused(("8BITMIME",), lambda conn: conn.start_transaction(SENDER, ["用户@例子.广告"]))
+    conn = ready("PIPELINING", "SMTPUTF8")
+    conn.start_transaction(SENDER, [A, "用户@例子.广告"])
+    expected = MAIL[:-2] + b" SMTPUTF8\r\n" + rcpt(A) + "RCPT TO:<用户@例子.广告>\r\n".encode()
+    assert conn.data_to_send() == expected + DATA
+
+
+@pytest.mark.parametrize("address", ["\ud800@example.org", "a@\udfff.example"])
+def test_lone_surrogate_in_address_is_a_local_protocol_error(address: str) -> None:
+    _refused(("SMTPUTF8",), lambda conn: conn.start_transaction(address, [A]))
+    _refused(("SMTPUTF8",), lambda conn: conn.start_transaction(SENDER, [address]))
+
+
+def test_lone_surrogate_in_parameter_value_is_a_local_protocol_error() -> None:
+    mail = MailFrom(SENDER, (("ENVID", "\ud800"),))
+    _refused(("DSN", "SMTPUTF8"), lambda conn: conn.start_transaction(mail, [A]))
+
+
+@pytest.mark.parametrize(
+    ("sender", "recipient"),
+    [
+        (MailFrom(SENDER, (("SIZE", "100"),)), A),
+        (MailFrom(SENDER, (("BODY", "8BITMIME"),)), A),
+        (MailFrom(SENDER, (("BODY", "BINARYMIME"),)), A),
+        (MailFrom(SENDER, (("RET", "HDRS"),)), A),
+        (MailFrom(SENDER, (("ENVID", "abc"),)), A),
+        (MailFrom(SENDER, (("SMTPUTF8", None),)), A),
+        (MailFrom(SENDER, (("XFOO", None),)), A),
+        (SENDER, RcptTo(A, (("NOTIFY", "NEVER"),))),
+        (SENDER, RcptTo(A, (("ORCPT", "rfc822;a@example.org"),))),
+        (SENDER, RcptTo(A, (("XFOO", "1"),))),
+    ],
+)
+def test_parameters_not_advertised_are_refused(sender: str | MailFrom, recipient: RcptTo) -> None:
+    _refused(("ENHANCEDSTATUSCODES",), lambda conn: conn.start_transaction(sender, [recipient]))
+
+
+def test_advertised_parameters_are_sent() -> None:
+    conn = ready("PIPELINING", "DSN", "XFOO")
+    mail = MailFrom(SENDER, (("RET", "HDRS"), ("envid", "QQ314159"), ("XFOO", None)))
+    notify = RcptTo(A, (("NOTIFY", "SUCCESS,FAILURE"), ("ORCPT", "rfc822;a@example.org")))
+    conn.start_transaction(mail, [notify, RcptTo(B, (("xfoo", "1"),))])
+    assert conn.data_to_send() == (
+        b"MAIL FROM:<sender@example.org> RET=HDRS ENVID=QQ314159 XFOO\r\n"
+        + rcpt(A, " NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a@example.org")
+        + rcpt(B, " xfoo=1")
+        + DATA
+    )
+
+
+@pytest.mark.parametrize(
+    "param",
+    [
+        ("ENVID", "a b"),
+        ("ENVID", "a=b"),
+        ("ENVID", "a\r\nRSET"),
+        ("ENVID", "a\nb"),
+        ("ENVID", "a\x00"),
+        ("ENVID", ""),
+        ("X FOO", None),
+        ("-XFOO", None),
+        ("X=Y", None),
+        ("X\r\nRSET", None),
+        ("", None),
+    ],
+)
+def test_malformed_parameters_are_refused(param: tuple[str, str | None]) -> None:
+    mail = MailFrom(SENDER, (param,))
+    _refused(("DSN", "XFOO"), lambda conn: conn.start_transaction(mail, [A]))
+    rcpt_to = RcptTo(A, (param,))
+    _refused(("DSN", "XFOO"), lambda conn: conn.start_transaction(SENDER, [rcpt_to]))
+
+
+@pytest.mark.parametrize("keyword", ["BODY", "SIZE"])
+def test_parameter_that_needs_a_value_is_refused_without_one(keyword: str) -> None:
+    # RFC 1870 and 6152: SIZE=n and BODY=7BIT|8BITMIME; a bare "BODY" or "SIZE" is a
+    # syntax error the server would refuse.
+    mail = MailFrom(SENDER, ((keyword, None),))
+    _refused(("8BITMIME", "SIZE"), lambda conn: conn.start_transaction(mail, [A]))
+
+
+def test_unknown_body_type_is_refused() -> None:
+    mail = MailFrom(SENDER, (("BODY", "9BITMIME"),))
+    _refused(("8BITMIME",), lambda conn: conn.start_transaction(mail, [A]))
+
+
+def test_binarymime_needs_chunking() -> None:
+    mail = MailFrom(SENDER, (("BODY", "BINARYMIME"),))
+    _refused(("BINARYMIME",), lambda conn: conn.start_transaction(mail, [A]))
+
+
+@pytest.mark.parametrize(
+    ("exts", "size", "suffix"),
+    [
+        (("SIZE 1000",), 1000, b" SIZE=1000"),
+        (("SIZE",), 10**9, b" SIZE=1000000000"),
+        (("SIZE 0",), 10**9, b" SIZE=1000000000"),
+        (("SIZE 1000",), None, b""),
+        ((), 1000, b""),
+        (("8BITMIME",), None, b" BODY=8BITMIME"),
+        (("8BITMIME", "SIZE 50"), 20, b" SIZE=20 BODY=8BITMIME"),
+    ],
+)
+def test_size_and_body_parameters(exts: tuple[str, ...], size: int | None, suffix: bytes) -> None:
+    conn = ready("PIPELINING", *exts)
+    conn.start_transaction(SENDER, [A], size=size)
+    assert conn.data_to_send() == MAIL[:-2] + suffix + b"\r\n" + rcpt(A) + DATA
+
+
+def test_size_over_the_server_limit_is_refused() -> None:
+    _refused(("SIZE 1000",), lambda conn: conn.start_transaction(SENDER, [A], size=1001))
+
+
+def test_eight_bit_flag() -> None:
+    _refused((), lambda conn: conn.start_transaction(SENDER, [A], eight_bit=True))
+    conn = ready("PIPELINING", "8BITMIME")
+    conn.start_transaction(SENDER, [A], eight_bit=True)
+    assert conn.data_to_send().startswith(MAIL[:-2] + b" BODY=8BITMIME\r\n")
+    conn = ready("PIPELINING", "8BITMIME")
+    conn.start_transaction(SENDER, [A], eight_bit=False)
+    assert conn.data_to_send().startswith(MAIL)
+    conn.receive_data(r(250) * 2 + r(354))
+    assert conn.next_event() is Signal.NEED_BODY
+    with pytest.raises(LocalProtocolError):
+        conn.send_body(b"caf\xc3\xa9\r\n")
+
+
+@pytest.mark.parametrize("exts", [("PIPELINING",), ("PIPELINING", "CHUNKING")])
+def test_eight_bit_body_without_8bitmime_raises_and_settles(exts: tuple[str, ...]) -> None:
+    conn = ready(*exts)
+    conn.start_transaction(SENDER, [A])
+    conn.receive_data(r(250) * 2 + (b"" if "CHUNKING" in exts else r(354)))
+    assert conn.next_event() is Signal.NEED_BODY
+    conn.send_body(b"plain\r\n")
+    with pytest.raises(LocalProtocolError):
+        conn.send_body(b"caf\xc3\xa9\r\n")
+    result = conn.next_event()
+    assert isinstance(result, TransactionResult)
+    assert outcomes(result) == [_T]
+    assert isinstance(conn.next_event(), ConnectionClosed)
+
+
+def test_long_body_line_raises_by_default() -> None:
+    conn = ready("PIPELINING")
+    conn.start_transaction(SENDER, [A])
+    conn.receive_data(r(250) * 2 + r(354))
+    assert conn.next_event() is Signal.NEED_BODY
+    conn.send_body(b"x" * 998 + b"\r\n")  # 1000 octets with CRLF: the limit
+    with pytest.raises(LocalProtocolError):
+        conn.send_body(b"y" * 999 + b"\r\n")
+    assert outcomes(conn.next_event()) == [_T]  # type: ignore[arg-type]
+    assert isinstance(conn.next_event(), ConnectionClosed)
+
+
+def test_long_last_line_raises_at_end_body_and_settles_like_send_body() -> None:
+    # send_body() settles the transaction and closes when it refuses the body; a last
+    # line (no final CRLF) over the limit is found only by end_body(), which should
+    # do the same rather than leave the client asking for the body forever.
+    conn = ready("PIPELINING")
+    conn.start_transaction(SENDER, [A])
+    conn.receive_data(r(250) * 2 + r(354))
+    assert conn.next_event() is Signal.NEED_BODY
+    conn.send_body(b"z" * 999)
+    with pytest.raises(LocalProtocolError):
+        conn.end_body()
+    event = event_or_error(conn)
+    assert isinstance(event, TransactionResult), event
+    assert outcomes(event) == [_T]
+
+
+def test_long_lines_allowed() -> None:
+    line = b"q" * 5000 + b"\r\n"
+    run = drive(FakeServer("PIPELINING"), Txn([A], body=[line]), long_lines=LongLines.ALLOW)
+    assert run.result.all_delivered
+    assert line + b".\r\n" in run.written
+
+
+def test_command_longer_than_the_limit_is_refused() -> None:
+    limits = Limits(command_line=64)
+    ok = "r" * 40 + "@example.org"  # RCPT TO:<...> + CRLF = 64 octets
+    too_long = "r" * 41 + "@example.org"
+
+    conn = ready("PIPELINING", limits=limits)
+    conn.start_transaction(SENDER, [ok])
+    assert conn.data_to_send() == MAIL + rcpt(ok) + DATA
+    conn = ready("PIPELINING", limits=limits)
+    with pytest.raises(LocalProtocolError):
+        conn.start_transaction(SENDER, [A, too_long])
+    assert conn.data_to_send() == b""
+    assert conn.state is ClientState.READY
+
+
+def test_empty_recipient_list_is_refused() -> None:
+    _refused((), lambda conn: conn.start_transaction(SENDER, []))
+
+
+def test_start_transaction_outside_ready_is_refused() -> None:
+    conn = client()
+    with pytest.raises(LocalProtocolError):
+        conn.start_transaction(SENDER, [A])
+    assert conn.data_to_send() == b"" and conn.state is ClientState.CONNECTING
+    conn = ready()
+    conn.start_transaction(SENDER, [A])
+    conn.data_to_send()
+    with pytest.raises(LocalProtocolError):
+        conn.start_transaction(SENDER, [B])
+    assert conn.data_to_send() == b""
+    assert conn.state is ClientState.TRANSACTION and conn.phase is Phase.MAIL
+    conn.abort("done")
+    with pytest.raises(LocalProtocolError):
+        conn.start_transaction(SENDER, [A])
+
+
+def test_body_calls_when_not_asked_for_are_refused() -> None:
+    conn = ready("PIPELINING")
+    for call in (lambda: conn.send_body(b"x"), conn.end_body):
+        with pytest.raises(LocalProtocolError):
+            call()
+    conn.start_transaction(SENDER, [A])
+    conn.data_to_send()
+    with pytest.raises(LocalProtocolError):
+        conn.send_body(b"too early")  # before 354
+    assert conn.state is ClientState.TRANSACTION
+    conn.receive_data(r(250) * 2 + r(354))
+    assert conn.next_event() is Signal.NEED_BODY
+    conn.end_body()
+    with pytest.raises(LocalProtocolError):
+        conn.end_body()
+    with pytest.raises(LocalProtocolError):
+        conn.send_body(b"after the end")
+    assert conn.data_to_send() == b".\r\n"
+
+
+# ---- hostile replies ----------------------------------------------------------------
+
+
+def _in_transaction(final: bytes) -> list[bytes]:
+    """Pipelined DATA to a (accepted), b (refused); `final` comes after the data."""
+    return [hello("PIPELINING"), r(250) + r(250) + r(550) + r(354), final]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"abc\r\n",
+        b"600 x\r\n",
+        b"199 x\r\n",
+        b"260 x\r\n",
+        b"2500 x\r\n",
+        b"25\r\n",
+        b"\r\n",
+        b"250x\r\n",
+        b"250-a\r\n251 b\r\n",
+        b"250-a\r\n550 b\r\n",
+        b"250 a\x00b\r\n",
+        b"250 caf\xc3\xa9\r\n",
+        b"250 \xff\r\n",
+        b"250\x01\r\n",
+        b"250 ok\n" * 100,
+        b"x" * 600 + b"\r\n",
+    ],
+)
+def test_malformed_reply_settles_and_closes(bad: bytes) -> None:
+    run = run_splits(_in_transaction(bad), Txn([A, B]))
+    assert outcomes(run.result) == [_U, _B]
+    assert isinstance(run.closed.error, RemoteProtocolError)
+    assert run.closed.reply is None
+    # at the greeting: nothing to settle
+    run = run_splits(bad, Txn([A]))
+    (closed,) = run.events
+    assert isinstance(closed, ConnectionClosed)
+    assert isinstance(closed.error, RemoteProtocolError)
+
+
+def test_reply_with_a_tab_is_legal() -> None:
+    # RFC 5321 4.2: textstring = 1*(%d09 / %d32-126); a HT in a reply is legal.
+    run = drive([b"220 mx.example.org\tready\r\n", lhlo()])
+    assert isinstance(run.events[0], Ready), run.events
+    run = drive(_in_transaction(b"250 2.0.0 saved\tas 12\r\n"), Txn([A, B]))
+    assert outcomes(run.result)[0][0] is DEL
+
+
+def test_no_crlf_for_100k_closes_in_bounded_memory() -> None:
+    fed = 0
+
+    def endless_line(written: bytes) -> bytes:
+        nonlocal fed
+        assert fed < 100_000, "the client kept reading one line"
+        fed += 100
+        return GREETING if fed == 100 else b"z" * 100
+
+    run = drive(endless_line)
+    assert isinstance(run.closed.error, RemoteProtocolError)
+    assert fed <= 512 + 2 * 100
+    # one 100 KB read in a transaction
+    run = drive(_in_transaction(b"250 " + b"z" * 100_000), Txn([A, B]))
+    assert outcomes(run.result) == [_U, _B]
+    assert isinstance(run.closed.error, RemoteProtocolError)
+
+
+def test_endless_continuation_lines_close() -> None:
+    lines = 0
+
+    def endless(written: bytes) -> bytes:
+        nonlocal lines
+        if lines == 0:
+            lines = 1
+            return GREETING
+        assert lines < 10_000, "the client kept reading one reply"
+        lines += 10
+        return b"250-more\r\n" * 10
+
+    run = drive(endless)
+    assert isinstance(run.closed.error, RemoteProtocolError)
+    assert lines <= Limits().reply_lines + 11
+    run = drive(_in_transaction(b"250-more\r\n" * 200), Txn([A, B]))
+    assert outcomes(run.result) == [_U, _B]
+    assert isinstance(run.closed.error, RemoteProtocolError)
+
+
+def test_reply_lines_limit_counts_lines_of_one_reply() -> None:
+    limits = Limits(reply_lines=3)
+    assert isinstance(drive([GREETING, lhlo("A", "B")], limits=limits).events[0], Ready)
+    run = drive([GREETING, lhlo("A", "B", "C")], limits=limits)
+    assert isinstance(run.closed.error, RemoteProtocolError)
+
+
+def test_reply_line_limit() -> None:
+    limits = Limits(reply_line=64)
+    fits = b"250 " + b"x" * 58 + b"\r\n"  # 64 octets with CRLF
+    run = drive(_in_transaction(fits), Txn([A, B]), limits=limits)
+    assert outcomes(run.result)[0][0] is DEL
+    run = drive(_in_transaction(b"250 " + b"x" * 59 + b"\r\n"), Txn([A, B]), limits=limits)
+    assert outcomes(run.result) == [_U, _B]
+    assert isinstance(run.closed.error, RemoteProtocolError)
+
+
+def test_fewer_final_replies_then_eof() -> None:
+    stream = [hello("PIPELINING"), r(250) + r(250) * 3 + r(354) + r(250) + r(451)]
+    run = run_splits(stream, Txn([A, B, C]))
+    assert outcomes(run.result) == [_D, (TMP, 451, DT), _U]
+    assert run.closed.error is None
+
+
+@pytest.mark.parametrize("extra", [r(250, "extra"), r(550, "extra"), r(421, "idle")])
+def test_reply_after_the_transaction_closes_the_connection(extra: bytes) -> None:
+    # More replies after the data than recipients, or any unsolicited reply: the
+    # client must not keep it for the next command (it would be taken as the next
+    # MAIL's reply), it ends the connection (README: "unsolicited or extra replies").
+    stream = [hello("PIPELINING"), r(250) + r(250) + r(354) + r(250, "saved") + extra]
+    for chunks in splits(stream):
+        run = drive(chunks, Txn([A]), end="stop")
+        assert outcomes(run.result) == [_D]
+        event = closed_after(run)
+        assert isinstance(event, ConnectionClosed), event
+        assert isinstance(event.error, RemoteProtocolError)
+
+
+def test_354_when_no_recipient_was_accepted_closes_as_a_protocol_error() -> None:
+    stream = [hello("PIPELINING"), r(250) + r(550) + r(354)]
+    run = run_splits(stream, Txn([A]))
+    assert outcomes(run.result) == [_B]
+    assert b"hello" not in run.written
+    assert isinstance(run.closed.error, RemoteProtocolError)
+
+
+_CODES = [b"220", b"221", b"250", b"251", b"354", b"421", b"450", b"452", b"503", b"550"]
+_CODES += [b"552", b"554", b"199", b"600", b"25", b"2500"]
+_TEXTS = [b"ok", b"2.1.5 ok", b"5.1.1 no such user", b"PIPELINING", b"CHUNKING", b"SIZE 10"]
+_TEXTS += [b"a\tb", b"a\x00b", b"caf\xc3\xa9", b"\xff", b"\r"]
+
+#: Reply lines: mostly well formed, with any octet (0-255) in the text sometimes.
+reply_lines = st.lists(
+    st.builds(
+        lambda code, sep, text: code + sep + text + b"\r\n",
+        st.sampled_from(_CODES),
+        st.sampled_from([b" ", b" ", b"-", b""]),
+        st.one_of(
+            st.sampled_from(_TEXTS),
+            st.text(st.characters(max_codepoint=255), max_size=6).map(
+                lambda t: t.encode("latin-1")
+            ),
+        ),
+    ),
+    min_size=1,
+    max_size=3,
+).map(b"".join)
+server_bytes = st.one_of(reply_lines, reply_lines, st.binary(max_size=30))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    script=st.lists(server_bytes, max_size=12),
+    pipelining=st.booleans(),
+    chunking=st.booleans(),
+)
+def test_arbitrary_server_bytes_never_raise(
+    script: list[bytes], pipelining: bool, chunking: bool
+) -> None:
+    exts = [e for e, on in (("PIPELINING", pipelining), ("CHUNKING", chunking)) if on]
+    run = drive([hello(*exts), *script], Txn([A, B, A]), Txn([C]), then_quit=True)
+    assert isinstance(run.closed, ConnectionClosed)
+    for result in run.results:
+        assert len(result.recipients) in (1, 3)
+        for x in result.recipients:
+            if x.status is DEL:
+                assert x.reply is not None and 200 <= x.reply.code < 300
+                assert x.stage is DT
+
+
+# ---- transcript and reuse ------------------------------------------------------------
+
+
+def test_trace_records_commands_and_replies_never_body_bytes() -> None:
+    secret = b"SECRET-BODY-LINE"
+    stream = [
+        hello("PIPELINING"),
+        r(250) * 3 + r(354) + r(250) + b"550-5.2.2 full\r\n550 5.2.2 x\r\n",
+        r(221, "bye"),
+    ]
+    run = drive(stream, Txn([A, B], body=[secret + b"\n"]), then_quit=True, trace=True)
+    assert run.conn.take_trace() == [
+        ("S", "220 mx.example.org LMTP ready"),
+        ("C", "LHLO client.example"),
+        ("S", "250 mx.example.org / PIPELINING"),
+        ("C", "MAIL FROM:<sender@example.org>"),
+        ("C", "RCPT TO:<a@example.org>"),
+        ("C", "RCPT TO:<b@example.org>"),
+        ("C", "DATA"),
+        ("S", "250 ok"),
+        ("S", "250 ok"),
+        ("S", "250 ok"),
+        ("S", "354 ok"),
+        ("S", "250 ok"),
+        ("S", "550 5.2.2 full / x"),
+        ("C", "QUIT"),
+        ("S", "221 bye"),
+    ]
+    assert secret + b"\r\n" in run.written  # sent, yet absent from the exact transcript
+    assert run.conn.take_trace() == []  # taken
+
+
+def test_trace_with_bdat_and_a_local_quit() -> None:
+    stream = [hello("PIPELINING", "CHUNKING"), r(250) * 2 + r(250, "saved")]
+    run = drive(stream, Txn([A], body=[b"body bytes\n"]), trace=True)
+    trace = run.conn.take_trace()
+    assert trace[3:6] == [
+        ("C", "MAIL FROM:<sender@example.org>"),
+        ("C", "RCPT TO:<a@example.org>"),
+        ("C", "BDAT 12 LAST"),
+    ]
+    assert trace[6] == ("S", "250 ok")
+    assert trace[-1] == ("S", "250 saved")
+    assert all("body bytes" not in text for _, text in trace)
+    run = drive([hello("PIPELINING")], require_starttls=True, trace=True)
+    assert run.conn.take_trace()[-1] == ("C", "QUIT")
+
+
+def test_no_trace_unless_asked() -> None:
+    run = drive(FakeServer("PIPELINING"), Txn([A]))
+    assert run.conn.take_trace() == []
+
+
+def test_reusable_only_when_ready() -> None:
+    conn = client()
+    assert not conn.reusable
+    conn = ready()
+    assert conn.reusable
+    conn.start_transaction(SENDER, [A])
+    assert not conn.reusable
+    conn.receive_data(r(250) + r(550) + r(250))
+    assert isinstance(conn.next_event(), TransactionResult)
+    assert conn.reusable
+    conn.abort("gone")
+    assert not conn.reusable
+
+
+# ---- phase --------------------------------------------------------------------------
+
+
+def test_phase_along_a_session_without_pipelining() -> None:
+    conn = client()
+    assert conn.phase is Phase.GREETING
+    conn.receive_data(GREETING)
+    assert conn.next_event() is Signal.NEED_DATA
+    assert conn.phase is Phase.LHLO
+    conn.receive_data(lhlo())
+    assert isinstance(conn.next_event(), Ready)
+    assert conn.phase is Phase.COMMAND
+    conn.start_transaction(SENDER, [A, B])
+    assert conn.phase is Phase.MAIL
+    steps = [(r(250), Phase.RCPT), (r(250), Phase.RCPT), (r(250), Phase.DATA_INIT)]
+    for reply, phase in steps:
+        conn.receive_data(reply)
+        assert conn.next_event() is Signal.NEED_DATA
+        assert conn.phase is phase
+    conn.receive_data(r(354))
+    assert conn.next_event() is Signal.NEED_BODY
+    assert conn.phase is Phase.DATA_BLOCK
+    conn.send_body(BODY)
+    assert conn.phase is Phase.DATA_BLOCK
+    conn.end_body()
+    assert conn.phase is Phase.DATA_END
+    conn.receive_data(r(250))
+    assert conn.next_event() is Signal.NEED_DATA
+    assert conn.phase is Phase.DATA_END
+    conn.receive_data(r(250))
+    assert isinstance(conn.next_event(), TransactionResult)
+    assert conn.phase is Phase.COMMAND
+    conn.start_transaction(SENDER, [A])
+    conn.receive_data(r(250) + r(550))
+    assert conn.next_event() is Signal.NEED_DATA
+    assert conn.phase is Phase.COMMAND  # RSET
+    conn.receive_data(r(250))
+    assert isinstance(conn.next_event(), TransactionResult)
+    conn.quit()
+    assert conn.phase is Phase.COMMAND
+    conn.receive_data(r(221))
+    assert isinstance(conn.next_event(), ConnectionClosed)
+
+
+def test_phase_along_a_pipelined_bdat_transaction() -> None:
+    conn = ready("PIPELINING", "CHUNKING", limits=Limits(bdat_chunk=64))
+    conn.start_transaction(SENDER, [A])
+    assert conn.next_event() is Signal.NEED_BODY
+    conn.send_body(b"p" * 100)
+    assert conn.next_event() is Signal.NEED_BODY  # the first chunk went out with the envelope
+    assert conn.data_to_send() == MAIL + rcpt(A) + b"BDAT 64\r\n" + b"p" * 64
+    assert conn.phase is Phase.MAIL
+    conn.end_body()
+    assert conn.next_event() is Signal.NEED_DATA
+    assert conn.data_to_send() == b""  # the last chunk waits for the first one's reply
+    assert conn.phase is Phase.MAIL
+    conn.receive_data(r(250))
+    assert conn.next_event() is Signal.NEED_DATA
+    assert conn.phase is Phase.RCPT
+    conn.receive_data(r(250))
+    assert conn.next_event() is Signal.NEED_DATA
+    assert conn.phase is Phase.DATA_BLOCK
+    conn.receive_data(r(250))
+    assert conn.next_event() is Signal.NEED_DATA
+    assert conn.phase is Phase.DATA_END
+    assert conn.data_to_send() == b"BDAT 38 LAST\r\n" + b"p" * 36 + b"\r\n"
+    conn.receive_data(r(250))
+    assert isinstance(conn.next_event(), TransactionResult)
+    assert conn.phase is Phase.COMMAND
+
+
+# ---- the state sweep ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Path:
+    name: str
+    state: ClientState
+    build: Callable[[], ClientConnection]
+    recipients: int = 0
+
+
+def _after(conn: ClientConnection, *steps: bytes | Callable[[ClientConnection], object]) -> None:
+    for step in steps:
+        if isinstance(step, bytes):
+            conn.receive_data(step)
+            settle(conn)
+        else:
+            step(conn)
+            if conn.state is not ClientState.CLOSED:
+                settle(conn)
+
+
+def _build(
+    exts: Sequence[str] | None,
+    *steps: bytes | Callable[[ClientConnection], object],
+    **options: object,
+) -> Callable[[], ClientConnection]:
+    def build() -> ClientConnection:
+        conn = client(**options) if exts is None else ready(*exts, **options)
+        _after(conn, *steps)
+        return conn
+
+    return build
+
+
+def _start(*rcpts: str) -> Callable[[ClientConnection], object]:
+    return lambda conn: conn.start_transaction(SENDER, list(rcpts))
+
+
+def _body(data: bytes, end: bool = False) -> Callable[[ClientConnection], object]:
+    def feed(conn: ClientConnection) -> None:
+        conn.send_body(data)
+        if end:
+            conn.end_body()
+
+    return feed
+
+
+_CHUNK = Limits(bdat_chunk=64)
+_S = ClientState
+PATHS = [
+    Path("greeting", _S.CONNECTING, _build(None)),
+    Path("lhlo", _S.CONNECTING, _build(None, GREETING)),
+    Path("starttls", _S.CONNECTING, _build(None, hello("STARTTLS"), require_starttls=True)),
+    Path(
+        "handshake",
+        _S.TLS_HANDSHAKE,
+        _build(None, hello("STARTTLS"), r(220), require_starttls=True),
+    ),
+    Path(
+        "lhlo-after-tls",
+        _S.CONNECTING,
+        _build(
+            None,
+            hello("STARTTLS"),
+            r(220),
+            lambda c: c.tls_established(),
+            require_starttls=True,
+        ),
+    ),
+    Path("ready", _S.READY, _build(_ALL)),
+    Path("ready-plain", _S.READY, _build(())),
+    Path("quitting", _S.CLOSING, _build((), lambda c: c.quit())),
+    Path("mail", _S.TRANSACTION, _build((), _start(A, B)), 2),
+    Path("rcpt", _S.TRANSACTION, _build((), _start(A, B), r(250)), 2),
+    Path("data", _S.TRANSACTION, _build(("PIPELINING",), _start(A), r(250) * 2), 1),
+    Path("body", _S.TRANSACTION, _build(("PIPELINING",), _start(A), r(250) * 2 + r(354)), 1),
+    Path(
+        "final",
+        _S.TRANSACTION,
+        _build(("PIPELINING",), _start(A, B), r(250) * 3 + r(354), _body(BODY, end=True)),
+        2,
+    ),
+    Path("bdat-held", _S.TRANSACTION, _build(("PIPELINING", "CHUNKING"), _start(A)), 1),
+    Path(
+        "bdat-chunk",
+        _S.TRANSACTION,
+        _build(("PIPELINING", "CHUNKING"), _start(A), _body(b"c" * 150), limits=_CHUNK),
+        1,
+    ),
+    Path(
+        "bdat-next",
+        _S.TRANSACTION,
+        _build(("PIPELINING", "CHUNKING"), _start(A), _body(b"c" * 100), r(250) * 3, limits=_CHUNK),
+        1,
+    ),
+    Path(
+        "bdat-last",
+        _S.TRANSACTION,
+        _build(("CHUNKING",), _start(A), r(250) * 2, _body(BODY, end=True)),
+        1,
+    ),
+    Path("rset", _S.TRANSACTION, _build((), _start(A), r(250) + r(550)), 1),
+    Path("closed", _S.CLOSED, _build((), lambda c: c.abort("gone"))),
+    Path("closed-early", _S.CLOSED, _build(None, b"554 no\r\n")),
+]
+
+
+def test_sweep_paths_reach_every_state() -> None:
+    for path in PATHS:
+        assert path.build().state is path.state, path.name
+    assert {path.state for path in PATHS} == set(ClientState)
+
+
+#: (name, the call, how many recipients it gives if it is start_transaction)
+Call = tuple[str, Callable[[ClientConnection], object], int]
+
+_ADDRESSES = [A, B, "", "bad", "ü@example.org", "a\r\n@x.org", "x" * 70 + "@example.org"]
+_SENDERS = [*_ADDRESSES, MailFrom(A, (("SIZE", "10"),)), MailFrom(A, (("BODY", "8BITMIME"),))]
+_RCPTS = [*_ADDRESSES, RcptTo(A, (("NOTIFY", "NEVER"),)), RcptTo(A, (("X", "a b"),))]
+_REPLIES = [
+    r(220),
+    r(250),
+    lhlo("PIPELINING", "CHUNKING", "STARTTLS"),
+    r(354),
+    r(421),
+    r(450),
+    r(452),
+    r(503),
+    r(550),
+    r(221),
+    b"250-x\r\n",
+    b"999 x\r\n",
+    b"250 ok",
+]
+
+
+def _call_strategy() -> st.SearchStrategy[Call]:
+    def start(
+        sender: str | MailFrom, rcpts: list[str | RcptTo], size: int | None, eight: bool | None
+    ) -> Call:
+        return (
+            "start_transaction",
+            lambda c: c.start_transaction(sender, rcpts, size=size, eight_bit=eight),
+            len(rcpts),
+        )
+
+    def body(data: bytes) -> Call:
+        return ("send_body", lambda c: c.send_body(data), 0)
+
+    def receive(data: bytes) -> Call:
+        return ("receive_data", lambda c: c.receive_data(data), 0)
+
+    def abort(reason: str) -> Call:
+        return ("abort", lambda c: c.abort(reason), 0)
+
+    return st.one_of(
+        st.builds(
+            start,
+            st.sampled_from(_SENDERS),
+            st.lists(st.sampled_from(_RCPTS), max_size=3),
+            st.one_of(st.none(), st.integers(0, 2000)),
+            st.one_of(st.none(), st.booleans()),
+        ),
+        st.builds(
+            body,
+            st.one_of(
+                st.binary(max_size=40),
+                st.sampled_from([b".\r\n", b"\xff\n", b"x" * 1200, b"\r", b"\n.\r\n"]),
+            ),
+        ),
+        st.builds(receive, st.one_of(server_bytes, st.sampled_from(_REPLIES))),
+        st.builds(abort, st.text(max_size=5)),
+        st.sampled_from(
+            [
+                ("end_body", lambda c: c.end_body(), 0),
+                ("quit", lambda c: c.quit(), 0),
+                ("tls_established", lambda c: c.tls_established(), 0),
+                ("receive_eof", lambda c: c.receive_eof(), 0),
+                ("next_event", lambda c: c.next_event(), 0),
+            ]
+        ),
+    )
+
+
+_IDLE = {ClientState.READY, ClientState.TLS_HANDSHAKE, ClientState.CLOSED}
+
+
+def _apply(conn: ClientConnection, name: str, call: Callable[[ClientConnection], object]) -> None:
+    """Make `call`; it works or raises LocalProtocolError, and then (except for a body
+    the session cannot carry) nothing was queued and nothing changed."""
+    conn.data_to_send()
+    state, phase = conn.state, conn.phase
+    try:
+        call(conn)
+    except LocalProtocolError:
+        if name not in ("send_body", "end_body"):
+            assert (conn.state, conn.phase, conn.data_to_send()) == (state, phase, b"")
+        if name == "next_event":
+            assert state in _IDLE, f"next_event() raised in {state}"
+        if name == "receive_data":
+            assert state is ClientState.TLS_HANDSHAKE
+    assert isinstance(conn.phase, Phase)
+
+
+def _drain(conn: ClientConnection, recipients: int) -> None:
+    """next_event() until a Signal: it raises only when nothing is awaited."""
+    for _ in range(20):
+        state = conn.state
+        try:
+            event = conn.next_event()
+        except LocalProtocolError:
+            assert state in _IDLE, f"next_event() raised in {state}"
+            return
+        if isinstance(event, Signal):
+            return
+        if isinstance(event, TransactionResult):
+            assert len(event.recipients) == recipients
+            for x in event.recipients:
+                if x.status is DEL:
+                    assert x.reply is not None and 200 <= x.reply.code < 300
+        if isinstance(event, ConnectionClosed):
+            assert conn.state is ClientState.CLOSED
+
+
+_CANONICAL: list[Call] = [
+    ("start_transaction", lambda c: c.start_transaction(SENDER, [A, B]), 2),
+    ("send_body", lambda c: c.send_body(b"hello\r\n"), 0),
+    ("end_body", lambda c: c.end_body(), 0),
+    ("quit", lambda c: c.quit(), 0),
+    ("tls_established", lambda c: c.tls_established(), 0),
+    ("receive_data", lambda c: c.receive_data(r(250)), 0),
+    ("receive_eof", lambda c: c.receive_eof(), 0),
+    ("abort", lambda c: c.abort("deadline"), 0),
+    ("next_event", lambda c: c.next_event(), 0),
+]
+
+
+def _run_calls(path: Path, calls: Sequence[Call]) -> None:
+    conn = path.build()
+    recipients = path.recipients
+    for name, make, count in calls:
+        before = conn.state
+        _apply(conn, name, make)
+        if name == "start_transaction" and before is ClientState.READY:
+            if conn.state is ClientState.TRANSACTION:
+                recipients = count
+        _drain(conn, recipients)
+
+
+@pytest.mark.parametrize("call", _CANONICAL, ids=[name for name, _, _ in _CANONICAL])
+@pytest.mark.parametrize("path", PATHS, ids=[p.name for p in PATHS])
+def test_every_call_in_every_state(path: Path, call: Call) -> None:
+    _run_calls(path, [call])
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(path=st.sampled_from(PATHS), calls=st.lists(_call_strategy(), min_size=1, max_size=8))
+def test_sweep_random_calls(path: Path, calls: list[Call]) -> None:
+    _run_calls(path, calls)
