@@ -1,0 +1,76 @@
+"""Pins the public signatures with assert_type; checked by `mypy --strict`, not run.
+
+How it works: mypy evaluates every assert_type() below against the declared types of
+lmtp_core and transports; a changed signature makes the typing session fail. Nothing
+here is collected by pytest (the name does not start with test_).
+"""
+
+from __future__ import annotations
+
+from typing import assert_type
+
+from lmtp_core import (
+    Capabilities,
+    ClientConnection,
+    ConnectionClosed,
+    Limits,
+    MailFrom,
+    Phase,
+    RcptTo,
+    RecipientResult,
+    Reply,
+    ServerConnection,
+    Signal,
+    Stage,
+    Status,
+    TransactionResult,
+)
+from transports import asyncio as aio
+from transports import blocking
+from transports import trio as tr
+from transports._config import Timeouts
+
+
+def core_client(conn: ClientConnection) -> None:
+    assert_type(conn.data_to_send(), bytes)
+    assert_type(conn.phase, Phase)
+    assert_type(conn.reusable, bool)
+    assert_type(conn.capabilities, Capabilities | None)
+    assert_type(conn.take_trace(), list[tuple[str, str]])
+    conn.start_transaction("a@example.org", ["b@example.org", RcptTo("c@example.org")])
+    conn.start_transaction(MailFrom("", (("BODY", "8BITMIME"),)), ["b@example.org"], size=10)
+    event = conn.next_event()
+    if isinstance(event, TransactionResult):
+        first = event.recipients[0]
+        assert_type(first, RecipientResult)
+        assert_type(first.status, Status)
+        assert_type(first.stage, Stage | None)
+        assert_type(first.reply, Reply | None)
+        assert_type(event.retry, tuple[RecipientResult, ...])
+    elif event is Signal.NEED_DATA:
+        conn.receive_data(b"250 OK\r\n")
+    elif isinstance(event, ConnectionClosed):
+        assert_type(event.reply, Reply | None)
+
+
+def core_server(conn: ServerConnection) -> None:
+    assert_type(conn.owed_replies, int)
+    assert_type(conn.data_to_send(), bytes)
+    conn.send(Reply(250, "2.1.5", "OK"))
+    assert_type(Limits().max_recipients, int)
+
+
+def drivers(result: TransactionResult) -> None:
+    assert_type(
+        blocking.deliver(b"x", "a@example.org", ["b@example.org"], socket_path="/s"),
+        TransactionResult,
+    )
+    with blocking.Client(host="127.0.0.1", port=2424, timeout=Timeouts(total=5)) as client:
+        assert_type(client.deliver(b"x", "a@example.org", ["b@example.org"]), TransactionResult)
+
+
+async def async_drivers() -> None:
+    assert_type(await aio.deliver(b"x", "a@example.org", ["b@example.org"]), TransactionResult)
+    assert_type(await tr.deliver(b"x", "a@example.org", ["b@example.org"]), TransactionResult)
+    async with aio.Client(starttls=True) as client:
+        assert_type(await client.deliver([b"x"], "a@e.org", ["b@e.org"]), TransactionResult)
