@@ -12,15 +12,17 @@ number of seconds (RFC 5321 4.5.3.2 defaults), so drivers look deadlines up by p
 from __future__ import annotations
 
 import logging
+import math
 import ssl as _ssl
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
-from lmtp_core import BareLineEndings, Limits, Phase, ServerConnection
+from lmtp_core import BareLineEndings, ClientConnection, Limits, Phase, ServerConnection
 
 from ._errors import ConfigurationError
 
-__all__ = ["ClientConfig", "ServerConfig", "Timeouts", "server_context"]
+__all__ = ["ClientConfig", "Deadline", "ServerConfig", "Timeouts", "server_context"]
 
 log = logging.getLogger("transports")
 
@@ -79,6 +81,21 @@ class Timeouts:
         return float(getattr(self, phase.value))
 
 
+class Deadline:
+    """The overall deadline of one delivery (or none): clip() bounds each wait by it."""
+
+    __slots__ = ("_end",)
+
+    def __init__(self, total: float | None = None) -> None:
+        self._end = time.monotonic() + total if total else math.inf
+
+    def clip(self, seconds: float) -> float:
+        remaining = self._end - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the total deadline has passed")
+        return min(seconds, remaining)
+
+
 @dataclass(frozen=True, slots=True)
 class ClientConfig:
     socket_path: str | None
@@ -92,6 +109,16 @@ class ClientConfig:
     lhlo_name: str
     chunking: bool
     limits: Limits | None
+
+    def connection(self) -> ClientConnection:
+        """A new client core for one connection, tracing when DEBUG logging is on."""
+        return ClientConnection(
+            lhlo_name=self.lhlo_name,
+            require_starttls=self.starttls,
+            chunking=self.chunking,
+            limits=self.limits,
+            trace=log.isEnabledFor(logging.DEBUG),
+        )
 
     @classmethod
     def create(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 import ssl
 
-from lmtp_core import ProtocolError, Reply
+from lmtp_core import ConnectionClosed, ProtocolError, Reply
 
 __all__ = [
     "ConfigurationError",
@@ -67,11 +67,26 @@ ERROR_MAP: tuple[tuple[type[BaseException], type[ConnectError]], ...] = (
 )
 
 
-def map_error(
-    exc: BaseException,
-    table: tuple[tuple[type[BaseException], type[ConnectError]], ...] = ERROR_MAP,
-) -> ConnectError:
+ErrorTable = tuple[tuple[type[BaseException], type[ConnectError]], ...]
+
+
+def map_error(exc: BaseException, table: ErrorTable = ERROR_MAP) -> ConnectError:
+    """The library's error for a runtime exception (a wrapped TLS error is a TLSError)."""
+    if isinstance(exc.__cause__, ssl.SSLError):  # trio wraps TLS failures
+        return TLSError(str(exc.__cause__))
     for source, target in table:
         if isinstance(exc, source):
             return target(str(exc) or type(exc).__name__)
     return ConnectError(str(exc) or type(exc).__name__)
+
+
+def session_failed(
+    event: ConnectionClosed, failure: BaseException | None, table: ErrorTable = ERROR_MAP
+) -> LMTPError:
+    """What to raise when a session ended before it was open: the transport's failure
+    if there was one, else the server's refusal or protocol error."""
+    if failure is not None:
+        error = map_error(failure, table)
+        error.__cause__ = failure
+        return error
+    return SessionError(event.reason, event.reply, event.error)

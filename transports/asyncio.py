@@ -15,7 +15,6 @@ import contextlib
 import inspect
 import logging
 import os
-import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
@@ -29,8 +28,8 @@ from lmtp_core import (
     TransactionResult,
 )
 
-from ._config import ClientConfig, ServerConfig
-from ._errors import SessionError, map_error
+from ._config import ClientConfig, Deadline, ServerConfig
+from ._errors import map_error, session_failed
 from ._message import Message, prepare
 from ._session import Handler, Session
 
@@ -54,7 +53,7 @@ class Client:
         self._writer: asyncio.StreamWriter | None = None
         self._conn: ClientConnection | None = None
         self._failure: BaseException | None = None
-        self._deadline = float("inf")
+        self._deadline = Deadline()
 
     async def __aenter__(self) -> Client:
         return self
@@ -68,8 +67,7 @@ class Client:
         """Deliver one message; one outcome per recipient, in order."""
         ClientConnection.check_envelope(sender, recipients)
         body = prepare(message, allow_async=True)
-        total = self.config.timeouts.total
-        self._deadline = time.monotonic() + total if total else float("inf")
+        self._deadline = Deadline(self.config.timeouts.total)
         if self._conn is None or not self._conn.reusable:
             await self._connect()
         assert self._conn is not None
@@ -92,18 +90,12 @@ class Client:
 
     async def _connect(self) -> None:
         cfg = self.config
-        self._conn = ClientConnection(
-            lhlo_name=cfg.lhlo_name,
-            require_starttls=cfg.starttls,
-            chunking=cfg.chunking,
-            limits=cfg.limits,
-            trace=log.isEnabledFor(logging.DEBUG),
-        )
+        self._conn = cfg.connection()
         self._failure = None
         tls = cfg.ssl_context if cfg.implicit_tls else None
         name = cfg.server_hostname if tls else None
         try:
-            async with asyncio.timeout(self._timeout(cfg.timeouts.connect)):
+            async with asyncio.timeout(self._deadline.clip(cfg.timeouts.connect)):
                 if cfg.socket_path is not None:
                     self._reader, self._writer = await asyncio.open_unix_connection(
                         cfg.socket_path, ssl=tls, server_hostname=name
@@ -117,16 +109,8 @@ class Client:
         event = await self._pump(None)
         if isinstance(event, ConnectionClosed):
             await self._drop()
-            if self._failure is not None:
-                raise map_error(self._failure) from self._failure
-            raise SessionError(event.reason, event.reply, event.error)
+            raise session_failed(event, self._failure)
         assert isinstance(event, Ready)
-
-    def _timeout(self, seconds: float) -> float:
-        remaining = self._deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("the total deadline has passed")
-        return min(seconds, remaining)
 
     async def _pump(self, body: Iterator[bytes] | AsyncIterator[bytes] | None) -> object:
         conn, reader, writer = self._conn, self._reader, self._writer
@@ -140,10 +124,10 @@ class Client:
                 data = conn.data_to_send()
                 if data:
                     writer.write(data)
-                    async with asyncio.timeout(self._timeout(timeouts.data_block)):
+                    async with asyncio.timeout(self._deadline.clip(timeouts.data_block)):
                         await writer.drain()
                 if event is Signal.NEED_DATA:
-                    async with asyncio.timeout(self._timeout(timeouts.for_phase(conn.phase))):
+                    async with asyncio.timeout(self._deadline.clip(timeouts.for_phase(conn.phase))):
                         data = await reader.read(65536)
                     conn.receive_data(data) if data else conn.receive_eof()
                 elif event is Signal.NEED_BODY:
@@ -157,7 +141,7 @@ class Client:
                     if _buffered(reader):
                         raise ConnectionError("bytes after the STARTTLS reply (response injection)")
                     assert self.config.ssl_context is not None
-                    async with asyncio.timeout(self._timeout(timeouts.starttls)):
+                    async with asyncio.timeout(self._deadline.clip(timeouts.starttls)):
                         await writer.start_tls(
                             self.config.ssl_context, server_hostname=self.config.server_hostname
                         )

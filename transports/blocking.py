@@ -31,8 +31,8 @@ from lmtp_core import (
     TransactionResult,
 )
 
-from ._config import ClientConfig, ServerConfig
-from ._errors import SessionError, map_error
+from ._config import ClientConfig, Deadline, ServerConfig
+from ._errors import map_error, session_failed
 from ._message import Message, prepare
 from ._session import Handler, Session
 
@@ -49,7 +49,7 @@ class Client:
         self._sock: socket.socket | None = None
         self._conn: ClientConnection | None = None
         self._failure: BaseException | None = None
-        self._deadline = float("inf")
+        self._deadline = Deadline()
 
     def __enter__(self) -> Client:
         return self
@@ -63,8 +63,7 @@ class Client:
         """Deliver one message; one outcome per recipient, in order."""
         ClientConnection.check_envelope(sender, recipients)
         body = prepare(message)
-        total = self.config.timeouts.total
-        self._deadline = time.monotonic() + total if total else float("inf")
+        self._deadline = Deadline(self.config.timeouts.total)
         if self._conn is None or not self._conn.reusable:
             self._connect()
         assert self._conn is not None
@@ -89,22 +88,16 @@ class Client:
 
     def _connect(self) -> None:
         cfg = self.config
-        self._conn = ClientConnection(
-            lhlo_name=cfg.lhlo_name,
-            require_starttls=cfg.starttls,
-            chunking=cfg.chunking,
-            limits=cfg.limits,
-            trace=log.isEnabledFor(logging.DEBUG),
-        )
+        self._conn = cfg.connection()
         self._failure = None
         try:
             if cfg.socket_path is not None:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.settimeout(self._timeout(cfg.timeouts.connect))
+                sock.settimeout(self._deadline.clip(cfg.timeouts.connect))
                 sock.connect(cfg.socket_path)
             else:
                 sock = socket.create_connection(
-                    (cfg.host, cfg.port), self._timeout(cfg.timeouts.connect)
+                    (cfg.host, cfg.port), self._deadline.clip(cfg.timeouts.connect)
                 )
             if cfg.implicit_tls:
                 assert cfg.ssl_context is not None
@@ -115,16 +108,8 @@ class Client:
         event = self._pump(None)
         if isinstance(event, ConnectionClosed):
             self._drop()
-            if self._failure is not None:
-                raise map_error(self._failure) from self._failure
-            raise SessionError(event.reason, event.reply, event.error)
+            raise session_failed(event, self._failure)
         assert isinstance(event, Ready)
-
-    def _timeout(self, seconds: float) -> float:
-        remaining = self._deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("the total deadline has passed")
-        return min(seconds, remaining)
 
     def _pump(self, body: Iterator[bytes] | None) -> object:
         conn, sock = self._conn, self._sock
@@ -136,10 +121,10 @@ class Client:
                 event = conn.next_event()
                 data = conn.data_to_send()
                 if data:
-                    sock.settimeout(self._timeout(self.config.timeouts.data_block))
+                    sock.settimeout(self._deadline.clip(self.config.timeouts.data_block))
                     sock.sendall(data)
                 if event is Signal.NEED_DATA:
-                    sock.settimeout(self._timeout(self.config.timeouts.for_phase(conn.phase)))
+                    sock.settimeout(self._deadline.clip(self.config.timeouts.for_phase(conn.phase)))
                     data = sock.recv(65536)
                     conn.receive_data(data) if data else conn.receive_eof()
                 elif event is Signal.NEED_BODY:
@@ -148,7 +133,7 @@ class Client:
                     conn.end_body() if piece is None else conn.send_body(piece)
                 elif isinstance(event, StartTls):
                     assert isinstance(self.config.ssl_context, ssl.SSLContext)
-                    sock.settimeout(self._timeout(self.config.timeouts.starttls))
+                    sock.settimeout(self._deadline.clip(self.config.timeouts.starttls))
                     sock = self._sock = self.config.ssl_context.wrap_socket(
                         sock, server_hostname=self.config.server_hostname
                     )

@@ -15,8 +15,6 @@ import inspect
 import logging
 import os
 import socket
-import ssl
-import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
@@ -32,8 +30,8 @@ from lmtp_core import (
     TransactionResult,
 )
 
-from ._config import ClientConfig, ServerConfig
-from ._errors import ERROR_MAP, ConnectError, SessionError, Timeout, TLSError, map_error
+from ._config import ClientConfig, Deadline, ServerConfig
+from ._errors import ERROR_MAP, ConnectError, Timeout, map_error, session_failed
 from ._message import Message, prepare
 from ._session import Handler, Session
 
@@ -50,12 +48,6 @@ TRIO_ERRORS: tuple[tuple[type[BaseException], type[ConnectError]], ...] = (
 _FAILURES = (OSError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
-def _mapped(exc: BaseException) -> ConnectError:
-    if isinstance(exc.__cause__, ssl.SSLError):  # trio wraps TLS failures
-        return TLSError(str(exc.__cause__))
-    return map_error(exc, TRIO_ERRORS)
-
-
 class Client:
     """One LMTP connection, opened on the first deliver() and reused after it."""
 
@@ -64,7 +56,7 @@ class Client:
         self._stream: trio.abc.Stream | None = None
         self._conn: ClientConnection | None = None
         self._failure: BaseException | None = None
-        self._deadline = float("inf")
+        self._deadline = Deadline()
 
     async def __aenter__(self) -> Client:
         return self
@@ -78,8 +70,7 @@ class Client:
         """Deliver one message; one outcome per recipient, in order."""
         ClientConnection.check_envelope(sender, recipients)
         body = prepare(message, allow_async=True)
-        total = self.config.timeouts.total
-        self._deadline = time.monotonic() + total if total else float("inf")
+        self._deadline = Deadline(self.config.timeouts.total)
         if self._conn is None or not self._conn.reusable:
             await self._connect()
         assert self._conn is not None
@@ -102,16 +93,10 @@ class Client:
 
     async def _connect(self) -> None:
         cfg = self.config
-        self._conn = ClientConnection(
-            lhlo_name=cfg.lhlo_name,
-            require_starttls=cfg.starttls,
-            chunking=cfg.chunking,
-            limits=cfg.limits,
-            trace=log.isEnabledFor(logging.DEBUG),
-        )
+        self._conn = cfg.connection()
         self._failure = None
         try:
-            with trio.fail_after(self._timeout(cfg.timeouts.connect)):
+            with trio.fail_after(self._deadline.clip(cfg.timeouts.connect)):
                 stream: trio.abc.Stream
                 if cfg.socket_path is not None:
                     stream = await trio.open_unix_socket(cfg.socket_path)
@@ -124,21 +109,13 @@ class Client:
                     )
                     await stream.do_handshake()
         except _FAILURES as exc:
-            raise _mapped(exc) from exc
+            raise map_error(exc, TRIO_ERRORS) from exc
         self._stream = stream
         event = await self._pump(None)
         if isinstance(event, ConnectionClosed):
             await self._drop()
-            if self._failure is not None:
-                raise _mapped(self._failure) from self._failure
-            raise SessionError(event.reason, event.reply, event.error)
+            raise session_failed(event, self._failure, TRIO_ERRORS)
         assert isinstance(event, Ready)
-
-    def _timeout(self, seconds: float) -> float:
-        remaining = self._deadline - time.monotonic()
-        if remaining <= 0:
-            raise trio.TooSlowError("the total deadline has passed")
-        return min(seconds, remaining)
 
     async def _pump(self, body: Iterator[bytes] | AsyncIterator[bytes] | None) -> object:
         conn, stream = self._conn, self._stream
@@ -151,10 +128,10 @@ class Client:
                 event = conn.next_event()
                 data = conn.data_to_send()
                 if data:
-                    with trio.fail_after(self._timeout(timeouts.data_block)):
+                    with trio.fail_after(self._deadline.clip(timeouts.data_block)):
                         await stream.send_all(data)
                 if event is Signal.NEED_DATA:
-                    with trio.fail_after(self._timeout(timeouts.for_phase(conn.phase))):
+                    with trio.fail_after(self._deadline.clip(timeouts.for_phase(conn.phase))):
                         data = bytes(await stream.receive_some(65536))
                     conn.receive_data(data) if data else conn.receive_eof()
                 elif event is Signal.NEED_BODY:
@@ -169,7 +146,7 @@ class Client:
                     stream = self._stream = trio.SSLStream(
                         stream, self.config.ssl_context, server_hostname=self.config.server_hostname
                     )
-                    with trio.fail_after(self._timeout(timeouts.starttls)):
+                    with trio.fail_after(self._deadline.clip(timeouts.starttls)):
                         await stream.do_handshake()
                     conn.tls_established()
                 else:
