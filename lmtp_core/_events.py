@@ -163,7 +163,8 @@ class MessageRefused:
 
 @dataclass(frozen=True, slots=True)
 class Rset:
-    """RSET (or a new LHLO, or TLS starting): forget the transaction in progress."""
+    """RSET: forget the transaction in progress. (A new LHLO and STARTTLS forget it
+    too; they come as Lhlo and StartTls, without an Rset.)"""
 
 
 @dataclass(frozen=True, slots=True)

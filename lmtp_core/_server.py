@@ -137,7 +137,7 @@ class ServerConnection:
         self._bdat_used = False
         # The message being read: its size so far, checks, and the chunk in progress.
         self._size = 0
-        self._refusal: Reply | None = None
+        self._long_line = False
         self._decoder = DataDecoder()
         self._line_lengths = LineLengths(self._limits.text_line - 2)
         self._endings = LineEndingCheck()
@@ -284,7 +284,7 @@ class ServerConnection:
         if body not in ("7BIT", "8BITMIME", "BINARYMIME"):
             return self._error(Reply(501, _SYNTAX, "BODY must be 7BIT, 8BITMIME or BINARYMIME"))
         size = dict(params).get("SIZE")
-        if size is not None and (not size.isdigit() or len(size) > 18):
+        if size is not None and not (size.isascii() and size.isdigit() and len(size) <= 18):
             return self._error(Reply(501, _SYNTAX, "SIZE must be a number"))
         if size is not None and int(size) > self._limits.max_message_size:
             return self._reply(
@@ -304,7 +304,9 @@ class ServerConnection:
         params = self._params(match["params"], set())
         if params is None:
             return
-        if not self._address_ok(match["path"], self._utf8, "5.1.3", "recipient"):
+        # RFC 5321 4.1.1.3 and 4.5.1: "<Postmaster>" without a domain must be accepted.
+        postmaster = match["path"].lower() == "postmaster"
+        if not postmaster and not self._address_ok(match["path"], self._utf8, "5.1.3", "recipient"):
             return
         if self._accepted >= self._limits.max_recipients:
             return self._reply(Reply(452, "4.5.3", "Too many recipients"))
@@ -328,8 +330,9 @@ class ServerConnection:
     def _bdat(self, text: str, arg: str) -> None:
         match = BDAT.fullmatch(text)
         if match is None:  # the chunk's length is unknown: framing is lost
-            self._reply(Reply(501, _SYNTAX, "Syntax: BDAT size [LAST]"))
-            return self._close("BDAT without a valid size")
+            refusal = Reply(501, _SYNTAX, "Syntax: BDAT size [LAST]")
+            self._reply(refusal)
+            return self._close("BDAT without a valid size", refusal)
         self._bdat_left = int(match["size"])
         self._bdat_last = match["last"] is not None
         self._bdat_refused = None
@@ -356,6 +359,8 @@ class ServerConnection:
         self._reply(_OK)
 
     def _vrfy(self, text: str, arg: str) -> None:
+        if not arg.strip():
+            return self._error(Reply(501, _SYNTAX, "Syntax: VRFY address"))
         self._reply(Reply(252, "2.5.0", "Cannot VRFY user, but will accept message"))
 
     def _quit(self, text: str, arg: str) -> None:
@@ -397,6 +402,10 @@ class ServerConnection:
                 self._error(Reply(501, _SYNTAX, f"Invalid parameter {key}"))
                 return None
             params.append((key, value if eq else None))
+        utf8 = self._utf8 or any(key == "SMTPUTF8" for key, _ in params)
+        if not utf8 and not text_is_ascii(text):
+            self._error(Reply(501, _SYNTAX, "Non-ASCII parameters need SMTPUTF8"))
+            return None
         return tuple(params)
 
     def _address_ok(self, address: str, utf8: bool, enhanced: str, what: str) -> bool:
@@ -416,7 +425,7 @@ class ServerConnection:
 
     def _start_body(self) -> None:
         self._size = 0
-        self._refusal = None
+        self._long_line = False
         self._line_lengths = LineLengths(self._limits.text_line - 2)
         self._endings = LineEndingCheck()
         normalize = self._bare_policy is BareLineEndings.NORMALIZE
@@ -455,39 +464,40 @@ class ServerConnection:
             self._error(self._bdat_refused)
         elif self._bdat_last:
             if not self._binary:
+                # (No normalizer.finish(): a trailing CR already went out as CRLF, and a
+                # message that ends without a line end is stored as it came.)
                 self._endings.finish()
-                if self._normalizer is not None:
-                    self._body_piece(self._normalizer.finish())
             self._end_of_message()
         else:
             self._reply(Reply(250, "2.0.0", "Chunk received"))
         return True
 
     def _body_piece(self, piece: bytes) -> None:
-        if self._refusal is not None or not piece:
+        if not piece:
             return
         self._size += len(piece)
-        if self._size > self._limits.max_message_size:
-            self._refusal = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
-        elif self._endings.bare and self._bare_policy is BareLineEndings.REJECT:
-            self._refusal = Reply(550, "5.6.0", "Message contains a bare CR or LF")
-        elif not self._binary and self._line_lengths.feed(piece):
-            self._refusal = Reply(
-                500, "5.5.6", f"Message has a line over {self._limits.text_line} octets"
-            )
-        else:
+        if not self._binary and not self._long_line and self._line_lengths.feed(piece):
+            self._long_line = True
+        if self._refusal() is None:
             self._events.append(MessageData(piece))
 
+    def _refusal(self) -> Reply | None:
+        """The core's own answer to the message so far, if any. Every condition is
+        tracked to the end and ranked here, so the answer does not depend on how the
+        input was split."""
+        if self._size > self._limits.max_message_size:
+            return Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+        if self._endings.bare and self._bare_policy is BareLineEndings.REJECT:
+            return Reply(550, "5.6.0", "Message contains a bare CR or LF")
+        if self._long_line:
+            return Reply(500, "5.5.6", f"Message has a line over {self._limits.text_line} octets")
+        return None
+
     def _end_of_message(self) -> None:
-        if self._refusal is None:
-            if self._endings.bare and self._bare_policy is BareLineEndings.REJECT:
-                self._refusal = Reply(550, "5.6.0", "Message contains a bare CR or LF")
-            elif not self._binary and self._line_lengths.finish():
-                self._refusal = Reply(
-                    500, "5.5.6", f"Message has a line over {self._limits.text_line} octets"
-                )
+        if not self._binary and self._line_lengths.finish():
+            self._long_line = True
+        refusal = self._refusal()
         recipients = self._accepted
-        refusal = self._refusal
         self._reset_transaction()
         self.state = ServerState.READY
         if refusal is not None:
@@ -512,16 +522,21 @@ class ServerConnection:
     def _error(self, reply: Reply) -> None:
         self._errors += 1
         if self._errors > self._limits.max_errors:
-            self._reply(Reply(421, "4.7.0", "Too many errors, closing the connection"))
-            self._close("too many errors")
+            closing = Reply(421, "4.7.0", "Too many errors, closing the connection")
+            self._reply(closing)
+            self._close("too many errors", closing)
         else:
             self._reply(reply)
 
-    def _close(self, reason: str) -> None:
+    def _close(self, reason: str, reply: Reply | None = None) -> None:
         self.state = ServerState.CLOSED
         self._owed.clear()
         self._buffer.clear()
-        self._events.append(ConnectionClosed(reason))
+        self._events.append(ConnectionClosed(reason, reply))
+
+
+def text_is_ascii(text: str | None) -> bool:
+    return text is None or text.isascii()
 
 
 _Handler = Callable[[ServerConnection, str, str], None]

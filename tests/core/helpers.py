@@ -35,6 +35,8 @@ def every_split(data: bytes, seed: int = 0, random_splits: int = 3) -> Iterator[
     """The same input whole, byte by byte, and in `random_splits` random pieces."""
     yield [data]
     yield [data[i : i + 1] for i in range(len(data))]
+    if len(data) < 2:
+        return
     rng = random.Random(seed)
     for _ in range(random_splits):
         cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randint(1, 8))))
