@@ -444,11 +444,11 @@ class ClientConnection:
         """The checks that need no server (address syntax and length, at least one
         recipient): a driver calls this before it connects. start_transaction()
         repeats them, with what the server offered."""
-        _check_address(sender if isinstance(sender, str) else sender.address, "sender")
+        _check_address(sender.address if isinstance(sender, MailFrom) else sender, "sender")
         if not recipients:
             raise LocalProtocolError("a transaction needs at least one recipient")
         for rcpt in recipients:
-            _check_address(rcpt if isinstance(rcpt, str) else rcpt.address, "recipient")
+            _check_address(rcpt.address if isinstance(rcpt, RcptTo) else rcpt, "recipient")
 
     def _check_params(self, params: Params, caps: Capabilities) -> None:
         for key, value in params:

@@ -1930,3 +1930,29 @@ def test_every_call_in_every_state(path: Path, call: Call) -> None:
 @given(path=st.sampled_from(PATHS), calls=st.lists(_call_strategy(), min_size=1, max_size=8))
 def test_sweep_random_calls(path: Path, calls: list[Call]) -> None:
     _run_calls(path, calls)
+
+
+def test_check_envelope_refuses_before_any_connection() -> None:
+    ClientConnection.check_envelope("", ["a@example.org", RcptTo("b@example.org")])
+    ClientConnection.check_envelope(MailFrom("s@example.net"), ["a@example.org"])
+    for sender, recipients in [
+        (123, ["a@example.org"]),
+        ("s@example.net", []),
+        ("s@example.net", ["not an address"]),
+        ("s@example.net\r\nRCPT TO:<x@y>", ["a@example.org"]),
+    ]:
+        with pytest.raises(LocalProtocolError):
+            ClientConnection.check_envelope(sender, recipients)  # type: ignore[arg-type]
+
+
+def test_smtputf8_parameter_takes_no_value() -> None:
+    conn = ClientConnection()
+    conn.receive_data(b"220 mx\r\n")
+    assert conn.next_event() is Signal.NEED_DATA
+    conn.receive_data(b"250-mx\r\n250 SMTPUTF8\r\n")
+    assert isinstance(conn.next_event(), Ready)
+    conn.data_to_send()
+    with pytest.raises(LocalProtocolError, match="takes no value"):
+        conn.start_transaction(MailFrom("s@example.net", (("SMTPUTF8", "yes"),)), ["a@x.org"])
+    assert conn.data_to_send() == b""
+    assert conn.reusable
