@@ -3,7 +3,7 @@
 Re-exports only; see the README for how to drive a connection.
 """
 
-from ._body import BareLineEndings, LongLines
+from ._body import BareLineEndings, LongLines, normalized_size
 from ._client import Capabilities, ClientConnection, ClientState, Phase, Ready
 from ._delivery import RecipientResult, Stage, Status, TransactionResult
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
@@ -56,4 +56,5 @@ __all__ = [
     "StartTls",
     "Status",
     "TransactionResult",
+    "normalized_size",
 ]

@@ -35,6 +35,7 @@ __all__ = [
     "LineLengths",
     "LongLines",
     "has_bare_line_ending",
+    "normalized_size",
 ]
 
 
@@ -78,6 +79,14 @@ def has_bare_line_ending(chunk: bytes) -> bool:
     crs = chunk.translate(_CR_MASK)
     lfs = chunk.translate(_LF_MASK)
     return crs[-1] == 1 or lfs[0] == 1 or not lfs.startswith(crs[:-1], 1)
+
+
+def normalized_size(data: bytes) -> int:
+    """The octets a body occupies once its line ends are CRLF and it ends in one: the
+    SIZE of RFC 1870 section 4 (stuffed dots and the final dot are not counted)."""
+    crlf = data.count(b"\r\n")
+    size = len(data) + (data.count(b"\r") - crlf) + (data.count(b"\n") - crlf)
+    return size + 2 if data and not data.endswith((b"\n", b"\r")) else size
 
 
 class LineLengths:

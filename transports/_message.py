@@ -3,9 +3,10 @@
 How it works: bytes are cut into 1 MiB memoryview slices (no copy until the core
 encodes a piece); binary files are read 64 KiB at a time and never whole; iterables
 of bytes pass through; an email.message.Message is serialised with the SMTP policy
-(CRLF line ends). The size is known for bytes and regular files (sent as SIZE= when
-the server offers it); whether the body is 8-bit is known only for bytes, and the
-core works out the rest. Async iterables are accepted by the async drivers only.
+(CRLF line ends). The size, sent as SIZE= when the server offers it, is exact for
+bytes (after line-end normalisation) and an estimate for regular files (their length;
+RFC 1870 calls SIZE the client's estimate); whether the body is 8-bit is known only for
+bytes, and the core works out the rest. Async iterables are accepted by the async drivers only.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import stat
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, TypeAlias
+
+from lmtp_core import normalized_size
 
 __all__ = ["Body", "Message", "prepare"]
 
@@ -88,7 +91,7 @@ def prepare(message: Message, *, allow_async: bool = False) -> Body:
     if isinstance(message, memoryview):
         message = message.tobytes()
     if isinstance(message, bytes | bytearray):
-        return Body(_slices(message), len(message), not message.isascii())
+        return Body(_slices(message), normalized_size(bytes(message)), not message.isascii())
     if isinstance(message, str):
         raise TypeError("the message must be bytes (encode it first), not str")
     if hasattr(message, "read"):

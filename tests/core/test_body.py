@@ -597,3 +597,14 @@ def test_line_ending_check_matches_whole(case: tuple[bytes, list[bytes]]) -> Non
     check.finish()
     assert check.bare is has_bare_line_ending(body)
     assert check.bare is (BARE.search(body) is not None)
+
+
+@given(body=st.binary(max_size=200), cuts=st.lists(st.integers(0, 200), max_size=5))
+@settings(max_examples=300)
+def test_normalized_size_is_what_the_bdat_encoder_sends(body: bytes, cuts: list[int]) -> None:
+    from lmtp_core import normalized_size
+
+    encoder = BodyEncoder(dot_stuff=False)
+    bounds = sorted({0, len(body), *(c for c in cuts if c <= len(body))})
+    sent = b"".join(encoder.encode(body[a:b]) for a, b in itertools.pairwise(bounds))
+    assert normalized_size(body) == len(sent + encoder.finish())

@@ -1,9 +1,12 @@
-"""Fixtures for interop tests against real LMTP peers (a private Dovecot for now).
+"""Fixtures for interop tests against real LMTP peers (Dovecot, aiosmtpd, swaks, msmtp).
 
 How it works: ``dovecot`` yields a started ``DovecotLMTP`` rooted in the test's ``tmp_path``;
 ``dovecot_tls`` does the same with a throwaway ``trustme`` CA and a server certificate for
-``localhost``/``127.0.0.1`` and yields ``(server, ca)``.  When a peer is missing the tests are
-skipped, or failed when ``LMTP_REQUIRE_PEERS=1`` (for CI jobs that must run them).
+``localhost``/``127.0.0.1`` and yields ``(server, ca)``.  ``swaks`` and ``msmtp`` give the paths of
+those clients; ``tls_files`` writes a fresh trustme CA and server certificate for our own servers;
+``socket_dir`` is a short private temporary directory for UNIX sockets (``tmp_path`` can be too
+long for ``sun_path``).  When a peer is missing the tests are skipped, or failed when
+``LMTP_REQUIRE_PEERS=1`` (for CI jobs that must run them).
 
 Dovecot starts in a few tens of milliseconds but its master sleeps a fixed second while stopping,
 so teardown only sends SIGTERM and the session-scoped ``_dovecot_reaper`` waits for every
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +35,7 @@ if str(_HERE) not in sys.path:
     sys.path.insert(0, str(_HERE))
 
 from _dovecot import DovecotLMTP, dovecot_available, require_peer  # noqa: E402
+from runtimes_interop import TLSFiles  # noqa: E402
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m filtering
@@ -103,3 +108,35 @@ def swaks() -> str:
     require_peer(None if path else "swaks not installed (apt-get install swaks)")
     assert path is not None
     return path
+
+
+@pytest.fixture
+def msmtp() -> str:
+    """Path of the ``msmtp`` client."""
+    path = shutil.which("msmtp")
+    require_peer(None if path else "msmtp not installed (apt-get install msmtp)")
+    assert path is not None
+    return path
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> TLSFiles:
+    """A fresh trustme CA (``ca_file``) and a server certificate for localhost and 127.0.0.1."""
+    require_peer(None if trustme is not None else "trustme not installed (pip install trustme)")
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    tls_dir = tmp_path / "our-tls"
+    tls_dir.mkdir()
+    files = TLSFiles(tls_dir / "ca.pem", tls_dir / "server.pem", tls_dir / "server.key")
+    ca.cert_pem.write_to_path(str(files.ca_file))
+    files.cert_file.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    cert.private_key_pem.write_to_path(str(files.key_file))
+    return files
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    """A short, private temporary directory for UNIX sockets; removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="lmtp-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
