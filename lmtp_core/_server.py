@@ -389,7 +389,7 @@ class ServerConnection:
                 continue
             key, eq, value = word.partition("=")
             if not ESMTP_KEYWORD.fullmatch(key) or (eq and not ESMTP_VALUE.fullmatch(value)):
-                self._error(Reply(501, _SYNTAX, f"Invalid parameter {word[:40]}"))
+                self._error(Reply(501, _SYNTAX, f"Invalid parameter {_printable(word[:40])}"))
                 return None
             key = key.upper()
             if key not in allowed:
@@ -533,6 +533,11 @@ class ServerConnection:
         self._owed.clear()
         self._buffer.clear()
         self._events.append(ConnectionClosed(reason, reply))
+
+
+def _printable(text: str) -> str:
+    """Peer text fit to echo in a reply: non-ASCII as backslash escapes."""
+    return text.encode("ascii", "backslashreplace").decode("ascii")
 
 
 def text_is_ascii(text: str | None) -> bool:

@@ -13,12 +13,20 @@ from __future__ import annotations
 
 import logging
 import math
+import select
 import ssl as _ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
-from lmtp_core import BareLineEndings, ClientConnection, Limits, Phase, ServerConnection
+from lmtp_core import (
+    BareLineEndings,
+    ClientConnection,
+    Limits,
+    LocalProtocolError,
+    Phase,
+    ServerConnection,
+)
 
 from ._errors import ConfigurationError
 
@@ -63,8 +71,12 @@ class Timeouts:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is not None and not (isinstance(value, int | float) and value > 0):
-                raise ConfigurationError(f"timeout {f.name} must be a positive number")
+            if value is not None and not (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and 0 < value < math.inf
+            ):
+                raise ConfigurationError(f"timeout {f.name} must be a positive, finite number")
 
     @classmethod
     def of(cls, timeout: float | Timeouts | None) -> Timeouts:
@@ -79,6 +91,19 @@ class Timeouts:
 
     def for_phase(self, phase: Phase) -> float:
         return float(getattr(self, phase.value))
+
+
+def idle_connection_is_clean(fileno: int, pending: int = 0) -> bool:
+    """True when nothing arrived on an idle connection: no bytes and no end of file.
+    A server that closed it (with or without a 421) makes it readable, and reusing it
+    would pair that with our next MAIL, so the driver opens a new one instead."""
+    if pending:
+        return False
+    try:
+        readable, _, _ = select.select([fileno], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable
 
 
 class Deadline:
@@ -110,6 +135,10 @@ class ClientConfig:
     chunking: bool
     limits: Limits | None
 
+    @property
+    def endpoint(self) -> str:
+        return self.socket_path if self.socket_path is not None else f"{self.host}:{self.port}"
+
     def connection(self) -> ClientConnection:
         """A new client core for one connection, tracing when DEBUG logging is on."""
         return ClientConnection(
@@ -138,6 +167,10 @@ class ClientConfig:
     ) -> ClientConfig:
         if ssl and starttls:
             raise ConfigurationError("ssl (implicit TLS) and starttls exclude each other")
+        try:
+            ClientConnection(lhlo_name=lhlo_name)
+        except (LocalProtocolError, TypeError) as exc:
+            raise ConfigurationError(f"lhlo_name: {exc}") from None
         if socket_path is None:
             if not host or not isinstance(host, str):
                 raise ConfigurationError("host must be a non-empty string")

@@ -8,6 +8,7 @@ deadlines that passed before any recipient could be tried.
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 
@@ -70,14 +71,29 @@ ERROR_MAP: tuple[tuple[type[BaseException], type[ConnectError]], ...] = (
 ErrorTable = tuple[tuple[type[BaseException], type[ConnectError]], ...]
 
 
-def map_error(exc: BaseException, table: ErrorTable = ERROR_MAP) -> ConnectError:
-    """The library's error for a runtime exception (a wrapped TLS error is a TLSError)."""
+def _reason(exc: BaseException) -> str:
+    """The most telling text: the OS's own words when an errno is known."""
+    cause = exc.__cause__
+    grouped = cause.exceptions if isinstance(cause, BaseExceptionGroup) else ()
+    for candidate in (exc, cause, *grouped):  # trio groups one error per address tried
+        tls = isinstance(candidate, ssl.SSLError)  # its errno is not the OS's
+        if isinstance(candidate, OSError) and candidate.errno and not tls:
+            return os.strerror(candidate.errno)
+    return str(exc) or type(exc).__name__
+
+
+def map_error(
+    exc: BaseException, table: ErrorTable = ERROR_MAP, where: str | None = None
+) -> ConnectError:
+    """The library's error for a runtime exception (a wrapped TLS error is a TLSError);
+    `where` names the endpoint when the failure was connecting to it."""
+    prefix = f"cannot connect to {where}: " if where else ""
     if isinstance(exc.__cause__, ssl.SSLError):  # trio wraps TLS failures
-        return TLSError(str(exc.__cause__))
+        return TLSError(prefix + str(exc.__cause__))
     for source, target in table:
         if isinstance(exc, source):
-            return target(str(exc) or type(exc).__name__)
-    return ConnectError(str(exc) or type(exc).__name__)
+            return target(prefix + _reason(exc))
+    return ConnectError(prefix + _reason(exc))
 
 
 def session_failed(

@@ -28,7 +28,7 @@ from lmtp_core import (
     TransactionResult,
 )
 
-from ._config import ClientConfig, Deadline, ServerConfig
+from ._config import ClientConfig, Deadline, ServerConfig, idle_connection_is_clean
 from ._errors import map_error, session_failed
 from ._message import Message, prepare
 from ._session import Handler, Session
@@ -68,6 +68,8 @@ class Client:
         ClientConnection.check_envelope(sender, recipients)
         body = prepare(message, allow_async=True)
         self._deadline = Deadline(self.config.timeouts.total)
+        if self._writer is not None and not self._idle_is_clean(self._writer):
+            await self._drop()  # the server spoke or hung up while we were idle
         if self._conn is None or not self._conn.reusable:
             await self._connect()
         assert self._conn is not None
@@ -93,7 +95,8 @@ class Client:
         self._conn = cfg.connection()
         self._failure = None
         tls = cfg.ssl_context if cfg.implicit_tls else None
-        name = cfg.server_hostname if tls else None
+        # asyncio insists on a name with TLS; "" is its way to say "no name to check".
+        name = (cfg.server_hostname or "") if tls else None
         try:
             async with asyncio.timeout(self._deadline.clip(cfg.timeouts.connect)):
                 if cfg.socket_path is not None:
@@ -105,7 +108,7 @@ class Client:
                         cfg.host, cfg.port, ssl=tls, server_hostname=name
                     )
         except OSError as exc:
-            raise map_error(exc) from exc
+            raise map_error(exc, where=cfg.endpoint) from exc
         event = await self._pump(None)
         if isinstance(event, ConnectionClosed):
             await self._drop()
@@ -155,11 +158,28 @@ class Client:
                 self._failure = exc
                 conn.abort(f"{type(exc).__name__}: {exc}")
 
+    def _idle_is_clean(self, writer: asyncio.StreamWriter) -> bool:
+        reader = self._reader
+        sock = writer.get_extra_info("socket")
+        return not (
+            reader is None
+            or reader.at_eof()
+            or _buffered(reader)
+            or writer.is_closing()
+            or sock is None
+            or not idle_connection_is_clean(sock.fileno())
+        )
+
     async def _drop(self) -> None:
         writer, self._writer, self._reader, self._conn = self._writer, None, None, None
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(Exception):
+        if writer is None:
+            return
+        if self._failure is not None:  # do not wait to flush into a dead or stuck peer
+            writer.transport.abort()
+            return
+        writer.close()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(1.0):
                 await writer.wait_closed()
 
 

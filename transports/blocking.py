@@ -31,7 +31,7 @@ from lmtp_core import (
     TransactionResult,
 )
 
-from ._config import ClientConfig, Deadline, ServerConfig
+from ._config import ClientConfig, Deadline, ServerConfig, idle_connection_is_clean
 from ._errors import map_error, session_failed
 from ._message import Message, prepare
 from ._session import Handler, Session
@@ -64,6 +64,11 @@ class Client:
         ClientConnection.check_envelope(sender, recipients)
         body = prepare(message)
         self._deadline = Deadline(self.config.timeouts.total)
+        sock = self._sock
+        if sock is not None:
+            pending = sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
+            if not idle_connection_is_clean(sock.fileno(), pending):
+                self._drop()  # the server spoke or hung up while we were idle
         if self._conn is None or not self._conn.reusable:
             self._connect()
         assert self._conn is not None
@@ -90,6 +95,7 @@ class Client:
         cfg = self.config
         self._conn = cfg.connection()
         self._failure = None
+        sock: socket.socket | None = None
         try:
             if cfg.socket_path is not None:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -99,11 +105,14 @@ class Client:
                 sock = socket.create_connection(
                     (cfg.host, cfg.port), self._deadline.clip(cfg.timeouts.connect)
                 )
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if cfg.implicit_tls:
                 assert cfg.ssl_context is not None
                 sock = cfg.ssl_context.wrap_socket(sock, server_hostname=cfg.server_hostname)
         except OSError as exc:
-            raise map_error(exc) from exc
+            if sock is not None:
+                sock.close()
+            raise map_error(exc, where=cfg.endpoint) from exc
         self._sock = sock
         event = self._pump(None)
         if isinstance(event, ConnectionClosed):
@@ -236,7 +245,10 @@ class Server:
     def _serve(self, sock: socket.socket, peer: Any) -> None:
         cfg = self.config
         end = time.monotonic() + cfg.session_timeout
+        session: Session | None = None
         try:
+            if sock.family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if cfg.ssl_context is not None:
                 sock.settimeout(cfg.idle_timeout)
                 sock = cfg.ssl_context.wrap_socket(sock, server_side=True)
@@ -245,7 +257,8 @@ class Server:
             while True:
                 sock.settimeout(max(0.001, min(cfg.idle_timeout, end - time.monotonic())))
                 event = conn.next_event()
-                sock.sendall(conn.data_to_send())
+                if data := conn.data_to_send():
+                    sock.sendall(data)
                 if event is Signal.NEED_DATA:
                     data = sock.recv(65536)
                     conn.receive_data(data) if data else conn.receive_eof()
@@ -266,6 +279,8 @@ class Server:
         except OSError as exc:
             log.info("%s: connection ended: %s", peer, exc)
         finally:
+            if session is not None:
+                session.close()  # drops a message spooled for a transaction cut short
             sock.close()
             self._threads.discard(threading.current_thread())
 

@@ -30,7 +30,7 @@ from lmtp_core import (
     TransactionResult,
 )
 
-from ._config import ClientConfig, Deadline, ServerConfig
+from ._config import ClientConfig, Deadline, ServerConfig, idle_connection_is_clean
 from ._errors import ERROR_MAP, ConnectError, Timeout, map_error, session_failed
 from ._message import Message, prepare
 from ._session import Handler, Session
@@ -46,6 +46,13 @@ TRIO_ERRORS: tuple[tuple[type[BaseException], type[ConnectError]], ...] = (
     *ERROR_MAP,
 )
 _FAILURES = (OSError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+def _fileno(stream: trio.abc.Stream) -> int:
+    """The socket under a (possibly TLS-wrapped) trio stream."""
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    return stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
 
 
 class Client:
@@ -71,6 +78,8 @@ class Client:
         ClientConnection.check_envelope(sender, recipients)
         body = prepare(message, allow_async=True)
         self._deadline = Deadline(self.config.timeouts.total)
+        if self._stream is not None and not idle_connection_is_clean(_fileno(self._stream)):
+            await self._drop()  # the server spoke or hung up while we were idle
         if self._conn is None or not self._conn.reusable:
             await self._connect()
         assert self._conn is not None
@@ -95,9 +104,9 @@ class Client:
         cfg = self.config
         self._conn = cfg.connection()
         self._failure = None
+        stream: trio.abc.Stream | None = None
         try:
             with trio.fail_after(self._deadline.clip(cfg.timeouts.connect)):
-                stream: trio.abc.Stream
                 if cfg.socket_path is not None:
                     stream = await trio.open_unix_socket(cfg.socket_path)
                 else:
@@ -109,7 +118,10 @@ class Client:
                     )
                     await stream.do_handshake()
         except _FAILURES as exc:
-            raise map_error(exc, TRIO_ERRORS) from exc
+            if stream is not None:
+                await trio.aclose_forcefully(stream)
+            raise map_error(exc, TRIO_ERRORS, cfg.endpoint) from exc
+        assert stream is not None
         self._stream = stream
         event = await self._pump(None)
         if isinstance(event, ConnectionClosed):

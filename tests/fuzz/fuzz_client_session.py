@@ -1,0 +1,257 @@
+"""Fuzz target: the client core, lmtp_core.ClientConnection, fed arbitrary server bytes.
+
+Invariant: whatever a server sends, in whatever pieces, the client never raises and ends
+with one ConnectionClosed after exactly one TransactionResult (or with none if the session
+never became Ready), holding one outcome per recipient, and a recipient is DELIVERED only
+if the server's MAIL reply, that recipient's RCPT reply and its reply after the data were
+all 2xx, at the positions where the client pairs them.
+
+The oracle reads the server's bytes with its own loose line splitter (never the core's
+reader), finds the nth complete reply by position (greeting, LHLO, [STARTTLS, LHLO],
+MAIL, three RCPT, DATA or every BDAT chunk but the last, then one reply per accepted
+recipient) and checks every outcome that carries a reply against it; an outcome
+without a reply must be TEMPORARY, or UNKNOWN once the end of the data was handed over.
+
+The session: greeting, LHLO, one transaction from sender@example.net to alice, bob and
+alice again (duplicates are legal), then QUIT, then end of file after the last byte.
+Input flags (tests/fuzz/_input.py): bit 0 require_starttls (TLS completes at once),
+bit 1 chunking off (DATA), bit 2 the body in 7-octet pieces, bit 3 size= given, bit 4
+trace on, bit 5 16-octet BDAT chunks, bit 6 one body piece per NEED_BODY (streaming),
+bit 7 small reply limits (64-octet lines, 3 lines a reply).
+Run: ``python -m tests.fuzz.fuzz_client_session [corpus dir] [libFuzzer flags]``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+if __name__ == "__main__":
+    import atheris
+
+    atheris.enabled_hooks.add("RegEx")
+    atheris.enabled_hooks.add("str")
+    with atheris.instrument_imports(include=["lmtp_core"]):
+        import lmtp_core  # noqa: F401
+
+from dataclasses import dataclass, field
+
+from lmtp_core import (
+    ClientConnection,
+    ConnectionClosed,
+    Limits,
+    LocalProtocolError,
+    Ready,
+    RecipientResult,
+    Signal,
+    Stage,
+    StartTls,
+    Status,
+    TransactionResult,
+)
+from tests.fuzz._input import parse, splits
+
+SENDER = "sender@example.net"
+DEFAULTS = Limits()
+RECIPIENTS = ("alice@example.org", "bob@example.org", "alice@example.org")
+BODY = (
+    b"From: <sender@example.net>\r\nTo: <alice@example.org>\r\nSubject: fuzz\r\n\r\n"
+    b"Hello.\r\n.a line with a leading dot\r\n..\r\n.\r\nlast line without CRLF"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    require_starttls: bool
+    chunking: bool
+    body_piece: int
+    size: bool
+    trace: bool
+    limits: Limits
+    stream: bool
+
+    @classmethod
+    def from_flags(cls, flags: int) -> Options:
+        return cls(
+            require_starttls=bool(flags & 1),
+            chunking=not flags & 2,
+            body_piece=7 if flags & 4 else len(BODY),
+            size=bool(flags & 8),
+            trace=bool(flags & 16),
+            limits=Limits(
+                bdat_chunk=16 if flags & 32 else DEFAULTS.bdat_chunk,
+                reply_line=64 if flags & 128 else DEFAULTS.reply_line,
+                reply_lines=3 if flags & 128 else DEFAULTS.reply_lines,
+            ),
+            stream=bool(flags & 64),
+        )
+
+
+@dataclass
+class Session:
+    """What the client did with one way of feeding."""
+
+    events: list[object] = field(default_factory=list)
+    sent: bytearray = field(default_factory=bytearray)  # every byte the client wrote
+    started: bool = False  # start_transaction() was called and accepted
+    refused_size: bool = False  # start_transaction() refused: over the server's SIZE
+    end_sent: bool = False  # end_body() was called
+    tls: bool = False
+    bdat: bool = False
+
+
+def drive(chunks: list[bytes], options: Options) -> Session:
+    """Run one client session over ``chunks``, then end of file."""
+    conn = ClientConnection(
+        lhlo_name="client.example",
+        require_starttls=options.require_starttls,
+        chunking=options.chunking,
+        limits=options.limits,
+        trace=options.trace,
+    )
+    session = Session()
+    pending = iter(chunks)
+    eof = False
+    body_offset = 0
+    while True:
+        event = conn.next_event()
+        session.sent += conn.data_to_send()
+        for _side, line in conn.take_trace():
+            assert "\r" not in line and "\n" not in line, f"line break in the trace: {line!r}"
+        if event is Signal.NEED_DATA:
+            assert not eof, "NEED_DATA after end of file"
+            chunk = next(pending, None)
+            if chunk is None:
+                eof = True
+                conn.receive_eof()
+            else:
+                conn.receive_data(chunk)
+        elif event is Signal.NEED_BODY:
+            # Either one piece per NEED_BODY (as the drivers stream a file) or all at once.
+            while body_offset < len(BODY):
+                conn.send_body(BODY[body_offset : body_offset + options.body_piece])
+                body_offset += options.body_piece
+                if options.stream:
+                    break
+            else:
+                conn.end_body()
+                session.end_sent = True
+        elif isinstance(event, Ready):
+            session.events.append(event)
+            # The core can queue ConnectionClosed right behind Ready (extra bytes after
+            # the LHLO reply); start_transaction() would then raise, so look first.
+            if not conn.reusable:
+                continue
+            caps = event.capabilities
+            try:
+                conn.start_transaction(SENDER, RECIPIENTS, size=len(BODY) if options.size else None)
+            except LocalProtocolError:
+                assert options.size and caps.size is not None and caps.size < len(BODY)
+                session.refused_size = True
+                conn.quit()
+                continue
+            session.started = True
+            session.bdat = options.chunking and "CHUNKING" in caps
+        elif isinstance(event, TransactionResult):
+            session.events.append(event)
+            if conn.reusable:
+                conn.quit()
+        elif isinstance(event, StartTls):
+            session.events.append(event)
+            session.tls = True
+            conn.tls_established()
+        elif isinstance(event, ConnectionClosed):
+            session.events.append(event)
+            session.sent += conn.data_to_send()
+            return session
+        else:
+            raise AssertionError(f"unexpected event {event!r}")
+
+
+def reply_codes(stream: bytes) -> list[int]:
+    """The code of each complete reply in ``stream``, read loosely: CRLF-ended lines of
+    three digits, "-" after them continuing the reply; stops at the first other line."""
+    codes: list[int] = []
+    first: int | None = None
+    for line in stream.split(b"\r\n")[:-1]:
+        if len(line) < 3 or not line[:3].isdigit():
+            break
+        if first is None:
+            first = int(line[:3])
+        if line[3:4] != b"-":
+            codes.append(first)
+            first = None
+    return codes
+
+
+def check_outcome(index: int, outcome: RecipientResult, codes: list[int], session: Session) -> None:
+    """One recipient's outcome against the replies at the positions it pairs with."""
+    assert outcome.recipient == RECIPIENTS[index], outcome
+    reply = outcome.reply
+    if reply is None:
+        assert outcome.stage is None, outcome
+        assert outcome.status in (Status.TEMPORARY, Status.UNKNOWN), outcome
+        assert outcome.status is Status.TEMPORARY or session.end_sent, outcome
+        return
+    expected = {2: Status.DELIVERED, 4: Status.TEMPORARY, 5: Status.PERMANENT}
+    assert outcome.status is expected[reply.code // 100], outcome
+    mail = 4 if session.tls else 2  # position of the MAIL reply
+    rcpt = mail + 1
+    data = rcpt + len(RECIPIENTS)  # the reply to DATA, or to the first BDAT chunk
+    chunks = session.sent.count(b"BDAT ")
+    finals = data + (max(chunks - 1, 0) if session.bdat else 1)
+
+    def code(position: int) -> int:
+        assert position < len(codes), f"no reply #{position} in the stream: {codes}"
+        return codes[position]
+
+    if outcome.stage is Stage.RCPT:
+        source = mail if code(mail) >= 300 else rcpt + index
+        assert reply.code == code(source), (outcome, source, codes)
+        return
+    assert outcome.stage is Stage.DATA, outcome
+    assert code(mail) < 300 and code(rcpt + index) < 300, (outcome, codes)
+    rank = sum(code(rcpt + k) < 300 for k in range(index))  # its place among the accepted
+    own = finals + rank  # this recipient's reply after the data
+    # A refusal may also be the reply to DATA or to any BDAT chunk (the last one sent
+    # stands at ``finals`` when it was refused before the end).
+    sources = [own, *range(data, finals + 1)]
+    assert reply.code in {codes[p] for p in sources if p < len(codes)}, (outcome, codes)
+    if outcome.status is Status.DELIVERED:
+        assert reply.code == code(own), (outcome, own, codes)
+        assert all(code(p) < 300 or code(p) == 354 for p in range(data, finals)), codes
+
+
+def check(session: Session, stream: bytes) -> None:
+    """The invariants of the module docstring, for one way of feeding."""
+    events = session.events
+    assert isinstance(events[-1], ConnectionClosed)
+    assert sum(isinstance(e, ConnectionClosed) for e in events) == 1, events
+    assert sum(isinstance(e, Ready) for e in events) <= 1, events
+    results = [e for e in events if isinstance(e, TransactionResult)]
+    assert len(results) == (1 if session.started else 0), events
+    if not results:
+        return
+    outcomes = results[0].recipients
+    assert len(outcomes) == len(RECIPIENTS), outcomes
+    codes = reply_codes(stream)
+    for index, outcome in enumerate(outcomes):
+        check_outcome(index, outcome, codes, session)
+
+
+def TestOneInput(data: bytes) -> None:
+    """Run the session every way and check each; see the module docstring."""
+    fuzz = parse(data)
+    options = Options.from_flags(fuzz.flags)
+    for chunks in splits(fuzz):
+        check(drive(chunks, options), fuzz.payload)
+
+
+def main() -> None:
+    import atheris
+
+    atheris.Setup(sys.argv, TestOneInput)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
