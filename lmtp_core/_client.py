@@ -119,7 +119,9 @@ class Capabilities:
     def size(self) -> int | None:
         """The SIZE limit in octets, or None when none is given (RFC 1870: 0 is none)."""
         value = self.param("SIZE")
-        return int(value) if value and value.isdigit() and int(value) > 0 else None
+        if not value or not (value.isascii() and value.isdigit()) or len(value) > 18:
+            return None
+        return int(value) or None
 
     @classmethod
     def from_reply(cls, reply: Reply) -> Capabilities:
@@ -568,9 +570,13 @@ class ClientConnection:
             self._on_transaction_reply(kind, reply)
 
     def _become_ready(self, event: Ready | TransactionResult) -> None:
+        # More replies than commands means the pairing can no longer be trusted. A
+        # finished transaction's result still stands; a session never becomes Ready.
+        if self._buffer and isinstance(event, Ready):
+            return self._unsolicited()
         self.state = ClientState.READY
         self._events.append(event)
-        if self._buffer:  # more replies than commands: the pairing can no longer be trusted
+        if self._buffer:
             self._unsolicited()
 
     def _unsolicited(self) -> None:

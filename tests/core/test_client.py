@@ -1956,3 +1956,26 @@ def test_smtputf8_parameter_takes_no_value() -> None:
         conn.start_transaction(MailFrom("s@example.net", (("SMTPUTF8", "yes"),)), ["a@x.org"])
     assert conn.data_to_send() == b""
     assert conn.reusable
+
+
+def test_an_extra_reply_after_lhlo_never_gives_ready() -> None:
+    # Found by the fuzzing helper: Ready used to come before the ConnectionClosed.
+    conn = ClientConnection()
+    conn.receive_data(b"220 mx\r\n")
+    assert conn.next_event() is Signal.NEED_DATA
+    conn.receive_data(b"250 mx\r\n250 2.0.0 extra\r\n")
+    event = conn.next_event()
+    assert isinstance(event, ConnectionClosed)
+    assert isinstance(event.error, RemoteProtocolError)
+    assert not conn.reusable
+
+
+def test_an_absurd_size_parameter_is_no_limit_not_a_crash() -> None:
+    conn = ClientConnection(limits=Limits(reply_line=8192))
+    conn.receive_data(b"220 mx\r\n")
+    conn.next_event()
+    conn.receive_data(b"250-mx\r\n250 SIZE " + b"9" * 5000 + b"\r\n")
+    event = conn.next_event()
+    assert isinstance(event, Ready)
+    assert event.capabilities.size is None
+    conn.start_transaction("s@example.net", ["a@example.org"], size=10)  # no ValueError

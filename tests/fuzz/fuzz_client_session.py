@@ -1,10 +1,10 @@
 """Fuzz target: the client core, lmtp_core.ClientConnection, fed arbitrary server bytes.
 
 Invariant: whatever a server sends, in whatever pieces, the client never raises and ends
-with one ConnectionClosed after exactly one TransactionResult (or with none if the session
-never became Ready), holding one outcome per recipient, and a recipient is DELIVERED only
-if the server's MAIL reply, that recipient's RCPT reply and its reply after the data were
-all 2xx, at the positions where the client pairs them.
+with one ConnectionClosed, after exactly one TransactionResult if a transaction started
+(none if the session never became usable), holding one outcome per recipient, and a
+recipient is DELIVERED only if the server's MAIL reply, that recipient's RCPT reply and
+its reply after the data were all 2xx, at the positions where the client pairs them.
 
 The oracle reads the server's bytes with its own loose line splitter (never the core's
 reader), finds the nth complete reply by position (greeting, LHLO, [STARTTLS, LHLO],
