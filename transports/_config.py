@@ -22,10 +22,13 @@ from dataclasses import dataclass, fields
 from lmtp_core import (
     BareLineEndings,
     ClientConnection,
+    ConnectionClosed,
     Limits,
     LocalProtocolError,
     Phase,
     ServerConnection,
+    Signal,
+    StartTls,
 )
 
 from ._errors import ConfigurationError
@@ -286,14 +289,25 @@ class ServerConfig:
     idle_timeout: float = 300.0
     session_timeout: float = 3600.0
     bare_line_endings: BareLineEndings = BareLineEndings.REJECT
+    #: Connections the kernel queues before accept(); asyncio's default of 100 makes a
+    #: burst of 1,000 clients fail. Linux caps it at net.core.somaxconn (4096).
+    backlog: int = 1024
 
     def __post_init__(self) -> None:
         if self.ssl_context is not None and self.starttls_context is not None:
             raise ConfigurationError(
                 "ssl_context (implicit TLS) and starttls_context exclude each other"
             )
+        if isinstance(self.backlog, bool) or not isinstance(self.backlog, int) or self.backlog < 1:
+            raise ConfigurationError("backlog must be a positive int")
         if not (self.idle_timeout > 0 and self.session_timeout > 0):
             raise ConfigurationError("idle_timeout and session_timeout must be positive")
+
+    def flushes_on(self, event: object) -> bool:
+        """Whether a server driver writes data_to_send() before acting on this event:
+        before it waits, upgrades or closes. Replies to pipelined commands then leave in
+        one write instead of one per command."""
+        return event is Signal.NEED_DATA or isinstance(event, StartTls | ConnectionClosed)
 
     def connection(self) -> ServerConnection:
         return ServerConnection(

@@ -225,9 +225,13 @@ class Server:
         if socket_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(socket_path)
-            self._server = await asyncio.start_unix_server(self._serve, socket_path, ssl=tls)
+            self._server = await asyncio.start_unix_server(
+                self._serve, socket_path, ssl=tls, backlog=self.config.backlog
+            )
         else:
-            self._server = await asyncio.start_server(self._serve, host, port, ssl=tls)
+            self._server = await asyncio.start_server(
+                self._serve, host, port, ssl=tls, backlog=self.config.backlog
+            )
         self.address = self._server.sockets[0].getsockname()
 
     async def serve_forever(self) -> None:
@@ -248,8 +252,9 @@ class Server:
             async with asyncio.timeout(cfg.session_timeout):
                 while True:
                     event = conn.next_event()
-                    writer.write(conn.data_to_send())
-                    await writer.drain()
+                    if cfg.flushes_on(event) and (data := conn.data_to_send()):
+                        writer.write(data)
+                        await writer.drain()
                     if event is Signal.NEED_DATA:
                         async with asyncio.timeout(cfg.idle_timeout):
                             data = await reader.read(65536)

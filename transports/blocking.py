@@ -196,7 +196,7 @@ class Server:
             self._listener.bind(socket_path)
         else:
             self._listener = socket.create_server((host, port))
-        self._listener.listen(128)
+        self._listener.listen(self.config.backlog)
         self.address: Any = self._listener.getsockname()
         self._wake_r, self._wake_w = socket.socketpair()
         self._stopping = threading.Event()
@@ -257,7 +257,7 @@ class Server:
             while True:
                 sock.settimeout(max(0.001, min(cfg.idle_timeout, end - time.monotonic())))
                 event = conn.next_event()
-                if data := conn.data_to_send():
+                if cfg.flushes_on(event) and (data := conn.data_to_send()):
                     sock.sendall(data)
                 if event is Signal.NEED_DATA:
                     data = sock.recv(65536)

@@ -214,10 +214,12 @@ class Server:
                 os.unlink(socket_path)
             sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             await sock.bind(socket_path)
-            sock.listen(128)
+            sock.listen(self.config.backlog)
             listeners = [trio.SocketListener(sock)]
         else:
-            listeners = list(await trio.open_tcp_listeners(port, host=host))
+            listeners = list(
+                await trio.open_tcp_listeners(port, host=host, backlog=self.config.backlog)
+            )
         self.address = listeners[0].socket.getsockname()  # type: ignore[attr-defined]
         if self.config.ssl_context is not None:
             listeners = [trio.SSLListener(ln, self.config.ssl_context) for ln in listeners]
@@ -242,8 +244,7 @@ class Server:
             with trio.fail_after(cfg.session_timeout):
                 while True:
                     event = conn.next_event()
-                    data = conn.data_to_send()
-                    if data:
+                    if cfg.flushes_on(event) and (data := conn.data_to_send()):
                         await stream.send_all(data)
                     if event is Signal.NEED_DATA:
                         with trio.fail_after(cfg.idle_timeout):
