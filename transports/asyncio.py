@@ -5,7 +5,8 @@ data_to_send(), then read (with the current phase's deadline), feed the body, or
 upgrade to TLS with StreamWriter.start_tls(). asyncio's StreamReader may have read
 plaintext that arrived after the STARTTLS exchange but before the upgrade; it would
 come back out of the reader after the handshake as if it had been encrypted, so the
-client aborts and the server discards it (STARTTLS injection). Handlers may be async.
+client aborts and the server discards it (STARTTLS injection). The server writes its
+replies once per read, not once per event, and its handlers may be async.
 """
 
 from __future__ import annotations

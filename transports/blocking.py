@@ -4,8 +4,10 @@ How it works. The client's pump writes data_to_send(), then acts on next_event()
 NEED_DATA reads with the deadline of the core's current phase, NEED_BODY feeds the next
 piece of the message, StartTls wraps the socket; anything else goes back to the caller.
 A read or write that fails or times out is reported to the core with abort(), which
-settles the recipients (never as delivered). The server runs one thread per
-connection; a socketpair wakes the accept loop when shutdown() is called.
+settles the recipients (never as delivered). Before each delivery on a kept connection
+a non-blocking check makes sure the server has not spoken or hung up meanwhile. The
+server runs one thread per connection and writes its replies once per read
+(ServerConfig.flushes_on); a socketpair wakes the accept loop when shutdown() is called.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ data_to_send(), then read with the current phase's deadline (trio.fail_after), f
 the body, or wrap the stream in trio.SSLStream when the core says StartTls. trio has no
 read-ahead buffer of ours, so the core sees every byte and guards STARTTLS itself.
 trio's own exceptions are mapped through TRIO_ERRORS in front of the shared table.
-The server runs under a nursery: `server = await nursery.start(Server(...).serve)`.
+The server runs under a nursery: `server = await nursery.start(Server(...).serve)`,
+and writes its replies once per read, not once per event.
 """
 
 from __future__ import annotations
