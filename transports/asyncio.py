@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from lmtp_core import (
-    ClientConnection,
     ConnectionClosed,
     RcptTo,
     Ready,
@@ -29,9 +28,10 @@ from lmtp_core import (
     TransactionResult,
 )
 
-from ._config import ClientConfig, Deadline, ServerConfig, idle_connection_is_clean
+from ._async_client import AsyncClient
+from ._config import ServerConfig, idle_connection_is_clean
 from ._errors import map_error, session_failed
-from ._message import Message, prepare
+from ._message import Message
 from ._session import Handler, Session
 
 __all__ = ["Client", "Server", "deliver", "serve"]
@@ -45,51 +45,27 @@ def _buffered(reader: asyncio.StreamReader) -> bytearray:
     return buffer if isinstance(buffer, bytearray) else bytearray()
 
 
-class Client:
+class Client(AsyncClient):
     """One LMTP connection, opened on the first deliver() and reused after it."""
 
     def __init__(self, **settings: Any) -> None:
-        self.config = ClientConfig.create(**settings)
+        super().__init__(**settings)
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._conn: ClientConnection | None = None
-        self._failure: BaseException | None = None
-        self._deadline = Deadline()
 
-    async def __aenter__(self) -> Client:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    async def deliver(
-        self, message: Message, sender: str, recipients: Sequence[str | RcptTo]
-    ) -> TransactionResult:
-        """Deliver one message; one outcome per recipient, in order."""
-        ClientConnection.check_envelope(sender, recipients)
-        body = prepare(message, allow_async=True)
-        self._deadline = Deadline(self.config.timeouts.total)
-        if self._writer is not None and not self._idle_is_clean(self._writer):
-            await self._drop()  # the server spoke or hung up while we were idle
-        if self._conn is None or not self._conn.reusable:
-            await self._connect()
-        assert self._conn is not None
-        self._conn.start_transaction(sender, recipients, size=body.size, eight_bit=body.eight_bit)
-        try:
-            event = await self._pump(body.pieces)
-        finally:
-            if not self._conn.reusable:
-                await self._drop()
-        assert isinstance(event, TransactionResult)
-        return event
-
-    async def close(self) -> None:
-        """QUIT (if the connection is idle) and close."""
-        if self._conn is not None and self._conn.reusable:
-            self._conn.quit()
-            with contextlib.suppress(Exception):
-                await self._pump(None)
-        await self._drop()
+    def _stale(self) -> bool:
+        writer, reader = self._writer, self._reader
+        if writer is None:
+            return False
+        sock = writer.get_extra_info("socket")
+        return (
+            reader is None
+            or reader.at_eof()
+            or bool(_buffered(reader))
+            or writer.is_closing()
+            or sock is None
+            or not idle_connection_is_clean(sock.fileno())
+        )
 
     async def _connect(self) -> None:
         cfg = self.config
@@ -158,18 +134,6 @@ class Client:
                 log.info("connection failed: %s", exc)
                 self._failure = exc
                 conn.abort(f"{type(exc).__name__}: {exc}")
-
-    def _idle_is_clean(self, writer: asyncio.StreamWriter) -> bool:
-        reader = self._reader
-        sock = writer.get_extra_info("socket")
-        return not (
-            reader is None
-            or reader.at_eof()
-            or _buffered(reader)
-            or writer.is_closing()
-            or sock is None
-            or not idle_connection_is_clean(sock.fileno())
-        )
 
     async def _drop(self) -> None:
         writer, self._writer, self._reader, self._conn = self._writer, None, None, None

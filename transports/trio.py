@@ -22,7 +22,6 @@ from typing import Any
 import trio
 
 from lmtp_core import (
-    ClientConnection,
     ConnectionClosed,
     RcptTo,
     Ready,
@@ -31,9 +30,10 @@ from lmtp_core import (
     TransactionResult,
 )
 
-from ._config import ClientConfig, Deadline, ServerConfig, idle_connection_is_clean
+from ._async_client import AsyncClient
+from ._config import ServerConfig, idle_connection_is_clean
 from ._errors import ERROR_MAP, ConnectError, Timeout, map_error, session_failed
-from ._message import Message, prepare
+from ._message import Message
 from ._session import Handler, Session
 
 __all__ = ["Client", "Server", "deliver", "serve"]
@@ -56,50 +56,16 @@ def _fileno(stream: trio.abc.Stream) -> int:
     return stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
 
 
-class Client:
+class Client(AsyncClient):
     """One LMTP connection, opened on the first deliver() and reused after it."""
 
     def __init__(self, **settings: Any) -> None:
-        self.config = ClientConfig.create(**settings)
+        super().__init__(**settings)
         self._stream: trio.abc.Stream | None = None
-        self._conn: ClientConnection | None = None
-        self._failure: BaseException | None = None
-        self._deadline = Deadline()
 
-    async def __aenter__(self) -> Client:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    async def deliver(
-        self, message: Message, sender: str, recipients: Sequence[str | RcptTo]
-    ) -> TransactionResult:
-        """Deliver one message; one outcome per recipient, in order."""
-        ClientConnection.check_envelope(sender, recipients)
-        body = prepare(message, allow_async=True)
-        self._deadline = Deadline(self.config.timeouts.total)
-        if self._stream is not None and not idle_connection_is_clean(_fileno(self._stream)):
-            await self._drop()  # the server spoke or hung up while we were idle
-        if self._conn is None or not self._conn.reusable:
-            await self._connect()
-        assert self._conn is not None
-        self._conn.start_transaction(sender, recipients, size=body.size, eight_bit=body.eight_bit)
-        try:
-            event = await self._pump(body.pieces)
-        finally:
-            if not self._conn.reusable:
-                await self._drop()
-        assert isinstance(event, TransactionResult)
-        return event
-
-    async def close(self) -> None:
-        """QUIT (if the connection is idle) and close."""
-        if self._conn is not None and self._conn.reusable:
-            self._conn.quit()
-            with contextlib.suppress(Exception):
-                await self._pump(None)
-        await self._drop()
+    def _stale(self) -> bool:
+        stream = self._stream
+        return stream is not None and not idle_connection_is_clean(_fileno(stream))
 
     async def _connect(self) -> None:
         cfg = self.config
