@@ -52,7 +52,16 @@ def interop(session: nox.Session) -> None:
 def typing(session: nox.Session) -> None:
     """mypy --strict on both packages and on the typing tests."""
     session.install("-e", ".[typing]")
-    session.run("mypy", "--strict", "lmtp_core", "transports", "tests/typing")
+    # tests/typing/rejected/ holds calls that must fail; test_rejections.py checks them.
+    session.run(
+        "mypy",
+        "--strict",
+        "lmtp_core",
+        "transports",
+        "tests/typing/check_public_api.py",
+        "tests/typing/test_rejections.py",
+    )
+    session.run("python", "tools/unasync.py", "--check")
 
 
 @nox.session(python=PYTHON)

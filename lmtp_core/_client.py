@@ -10,10 +10,17 @@ waits for the previous reply. The body is asked for with Signal.NEED_BODY only a
 354 (DATA), or at once for the first BDAT chunk; later BDAT chunks each wait for the
 previous chunk's reply, so a refused transaction costs at most one chunk.
 
-When the reader raises RemoteProtocolError, or the driver reports end of file or an
-abort, the transaction in progress is settled by Transaction.lost() and returned as a
-TransactionResult, then ConnectionClosed; the client never raises for the peer's
-faults. A 421 reply settles things the same way, since the server is closing.
+When the reader raises RemoteProtocolError, or the driver reports end of file, an
+abort or a failed write, the transaction in progress is settled by Transaction.lost()
+and returned as a TransactionResult, then ConnectionClosed; the client never raises for
+the peer's faults. A 421 reply settles things the same way, since the server is closing.
+Whether the end of data may have reached the server decides UNKNOWN against TEMPORARY:
+it counts as written once data_to_send() handed it out, unless send_failed() then says
+that very write failed.
+
+For the driver's deadlines: `phase` names what is awaited (DATA_END as soon as the end
+of data is out, whatever reply comes first), and `replies_received` grows with every
+reply, so a driver restarts a phase's deadline on progress and on nothing else.
 """
 
 from __future__ import annotations
@@ -213,6 +220,9 @@ class ClientConnection:
         self._body_open = False  # the driver is to feed the body now
         self._body_ended = False
         self._rset_due = False
+        self._end_queued = False  # the end of data is in _out, not yet handed out
+        self._end_in_last = False  # ... was in the last data_to_send() result
+        self.replies_received = 0
         self._trace: list[tuple[str, str]] | None = [] if trace else None
 
     # ---- driver side ---------------------------------------------------------------
@@ -231,8 +241,18 @@ class ClientConnection:
             self._lose("the server closed the connection")
 
     def abort(self, reason: str) -> None:
-        """The transport failed or a deadline passed: settle what is pending and close."""
+        """The transport failed or a deadline passed: settle what is pending and close.
+        Everything data_to_send() returned so far counts as written."""
         if self.state is not ClientState.CLOSED:
+            self._lose(reason)
+
+    def send_failed(self, reason: str) -> None:
+        """Writing the last data_to_send() result failed (or timed out): as abort(),
+        except that what that write carried counts as never sent. A driver that cannot
+        tell whether its writes went out (buffered I/O) calls abort() instead."""
+        if self.state is not ClientState.CLOSED:
+            if self._end_in_last and self._txn is not None:
+                self._txn.end_sent = False
             self._lose(reason)
 
     def tls_established(self) -> None:
@@ -253,8 +273,15 @@ class ClientConnection:
 
     def data_to_send(self) -> bytes:
         """Bytes to write now (possibly b"")."""
+        if not self._out:
+            return b""
         data = bytes(self._out)
         self._out.clear()
+        self._end_in_last = self._end_queued
+        if self._end_queued:
+            self._end_queued = False
+            if self._txn is not None:
+                self._txn.end_sent = True
         return data
 
     @property
@@ -264,8 +291,12 @@ class ClientConnection:
 
     @property
     def phase(self) -> Phase:
-        """What the client waits for now, for the driver's deadline."""
+        """What the client waits for now, for the driver's deadline. Once the end of
+        data is out every reply still due may wait for the message to be stored (a
+        server may hold back even its MAIL and RCPT replies until then): DATA_END."""
         if self._awaiting:
+            if self._txn is not None and (self._txn.end_sent or self._end_queued):
+                return Phase.DATA_END
             return _PHASE[self._awaiting[0]]
         return Phase.DATA_BLOCK if self._body_open else Phase.COMMAND
 
@@ -411,7 +442,7 @@ class ClientConnection:
         if self._bdat is None:
             self._out += tail
             self._body_open = False
-            self._txn.end_sent = True
+            self._end_queued = True
             self._awaiting.append(_Await.FINAL)
         else:
             self._bdat += tail
@@ -502,7 +533,7 @@ class ClientConnection:
         self._out += chunk
         if last:
             self._body_open = False
-            self._txn.end_sent = True
+            self._end_queued = True
             self._awaiting.append(_Await.BDAT_LAST)
         else:
             self._awaiting.append(_Await.BDAT)
@@ -511,6 +542,7 @@ class ClientConnection:
 
     def _on_reply(self, reply: Reply) -> None:
         kind = self._awaiting.popleft()
+        self.replies_received += 1
         if self._trace is not None:
             self._trace.append(("S", str(reply)))
         if kind is _Await.GREETING:
@@ -648,6 +680,7 @@ class ClientConnection:
         assert txn is not None
         self._txn = None
         self._encoder = None
+        self._end_queued = self._end_in_last = False
         self._become_ready(txn.result())
 
     def _close(self, reason: str, reply: Reply | None = None, *, quit: bool = False) -> None:
@@ -662,6 +695,9 @@ class ClientConnection:
         self, reason: str, *, reply: Reply | None = None, error: RemoteProtocolError | None = None
     ) -> None:
         txn = self._txn
+        if self._end_queued:  # withdrawn: it must not reach the server after this
+            self._out.clear()
+            self._end_queued = False
         if txn is not None:
             txn.lost()
             self._events.append(txn.result())

@@ -4,10 +4,10 @@ How it works: a Transaction holds one slot per recipient given, in order (duplic
 are separate slots: LMTP pairs replies by position, never by address). Replies are
 applied as they arrive: MAIL, then one per RCPT, then the DATA or BDAT replies, then
 one per accepted recipient after the end of data, in RCPT order. When the connection
-ends early, lost() fills the empty slots: UNKNOWN for accepted recipients once the end
-of data was handed to the driver (the server may have stored the message), otherwise
-TEMPORARY (the message cannot have been stored). DELIVERED only ever comes from a 2xx
-reply after the data.
+ends early, lost() fills the empty slots: UNKNOWN once the end of data was written
+(the server may have stored the message), otherwise TEMPORARY (it cannot have been
+stored); the stage is DATA for a recipient accepted at RCPT and RCPT for one whose RCPT
+reply never came. DELIVERED only ever comes from a 2xx reply after the data.
 """
 
 from __future__ import annotations
@@ -40,8 +40,10 @@ class RecipientResult:
     status: Status
     #: The server's reply, or None when the connection ended before it came.
     reply: Reply | None
-    #: Where it was decided; None when no reply came.
-    stage: Stage | None
+    #: Where it was decided: RCPT (the envelope) or DATA. When the connection ended
+    #: before the reply came, the stage the recipient had reached: DATA once it was
+    #: accepted at RCPT, else RCPT.
+    stage: Stage
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,12 +100,13 @@ class Transaction:
         self.accepted: list[int] = []
         self.mail_ok: bool | None = None
         self.rcpt_replies = 0
-        #: The end of data (final dot or BDAT LAST) was handed to the driver.
+        #: The end of data (final dot or BDAT LAST) was handed to the driver, and the
+        #: driver did not report the write that carried it as failed.
         self.end_sent = False
         #: Replies received after the end of data so far.
         self.finals = 0
 
-    def _set(self, index: int, status: Status, reply: Reply | None, stage: Stage | None) -> None:
+    def _set(self, index: int, status: Status, reply: Reply | None, stage: Stage) -> None:
         if self.slots[index] is None:
             self.slots[index] = RecipientResult(self.rcpts[index].address, status, reply, stage)
 
@@ -138,12 +141,13 @@ class Transaction:
         return len(self.accepted) - self.finals
 
     def lost(self) -> None:
-        # Once the end of data was handed over, the server may have stored the message
-        # for anyone it did not refuse (with pipelined BDAT LAST, even before we read
-        # the RCPT replies); before that, it cannot have stored it for anyone.
+        # Once the end of data was written, the server may have stored the message for
+        # anyone it did not refuse (with pipelined BDAT LAST, even before we read the
+        # RCPT replies); before that, it cannot have stored it for anyone.
         status = Status.UNKNOWN if self.end_sent else Status.TEMPORARY
+        accepted = set(self.accepted)
         for index in range(len(self.rcpts)):
-            self._set(index, status, None, None)
+            self._set(index, status, None, Stage.DATA if index in accepted else Stage.RCPT)
 
     def result(self) -> TransactionResult:
         assert all(slot is not None for slot in self.slots)

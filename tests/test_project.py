@@ -100,3 +100,19 @@ def test_public_names_are_pinned() -> None:
 def test_both_packages_ship_py_typed() -> None:
     assert (ROOT / "lmtp_core" / "py.typed").is_file()
     assert (ROOT / "transports" / "py.typed").is_file()
+
+
+def test_the_blocking_flows_are_generated_from_the_async_ones() -> None:
+    out = subprocess.run(
+        [sys.executable, "tools/unasync.py", "--check"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_runtime_modules_hold_no_protocol_flow() -> None:
+    # The pump and the server loop exist once (_async_*.py, and their generated twins);
+    # a runtime module only adapts streams, so it never drives the core itself.
+    for name in ("blocking", "asyncio", "trio"):
+        text = (ROOT / "transports" / f"{name}.py").read_text()
+        for call in ("next_event(", "data_to_send(", "receive_data(", "start_transaction("):
+            assert call not in text, (name, call)

@@ -1,35 +1,250 @@
-"""What the asyncio and trio clients share: the control flow of a delivery.
+"""The client's one delivery flow, for every runtime. Edit this file, not its twin.
 
-How it works: AsyncClient holds the settings, the client core and the deadline, and
-runs deliver() and close() the same way in both runtimes: check the envelope before
-connecting, drop a kept connection the server spoke on or closed while idle, connect
-when needed, start the transaction, pump until its result, and drop a connection that
-ended. Each runtime's Client supplies only the I/O: _stale(), _connect(), _pump() and
-_drop().
+How it works. A runtime supplies an AsyncBackend: connect() opens an AsyncStream (UNIX
+or TCP, implicit TLS done) and lock() makes a lock of its kind. The rest is here, once:
+
+- AsyncConnection is one connection: the client core, its stream and the pump between
+  them. The pump writes data_to_send(), then acts on next_event(): NEED_DATA reads,
+  NEED_BODY feeds the next piece of the message, StartTls upgrades the stream; anything
+  else goes back to the caller. Every wait is bounded: a write by data_block, a read by
+  the deadline of the reply awaited (restarted only when a reply completes, so a server
+  that drips bytes cannot stretch a phase), both by the delivery's total. A failed
+  write is reported with send_failed() (its bytes never count as sent) when the stream
+  knows its last bytes never left, else with abort(); a failed read with abort(). The
+  core then settles every recipient; the first failure is kept to raise if the session
+  never opened.
+- AsyncClient keeps one AsyncConnection behind a lock, so tasks sharing a Client take
+  turns on it. Before reuse a non-blocking check makes sure the server has not spoken
+  or hung up while the connection was idle.
+
+_sync_client.py is generated from this file by tools/unasync.py, and a test fails when
+the two disagree: the blocking driver runs the same flow, with plain calls.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any, Self
+import logging
+import ssl
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, ClassVar, Protocol, Self, Unpack
 
-from lmtp_core import ClientConnection, RcptTo, TransactionResult
+from lmtp_core import (
+    Capabilities,
+    ClientConnection,
+    ConnectionClosed,
+    MailFrom,
+    Phase,
+    RcptTo,
+    Ready,
+    Signal,
+    StartTls,
+    TransactionResult,
+)
 
-from ._config import ClientConfig, Deadline
-from ._message import Message, prepare
+from ._config import ClientConfig, ClientSettings, Deadline
+from ._errors import WAITING_FOR, LMTPError, session_failed, stream_error
+from ._message import AsyncBody, Message, prepare_async
+from ._net import escape, new_id
 
-__all__ = ["AsyncClient"]
+__all__ = ["AsyncBackend", "AsyncClient", "AsyncConnection", "AsyncStream"]
+
+log = logging.getLogger("transports")
+
+
+class AsyncStream(Protocol):
+    """One connection's bytes, as a runtime moves them. Every failure is an OSError:
+    TimeoutError when `timeout` seconds passed, ssl.SSLError for TLS."""
+
+    #: TLS is on.
+    tls: bool
+
+    async def send_all(self, data: bytes, timeout: float) -> None: ...
+
+    def unsent(self) -> bool:
+        """After send_all() failed: True when its last bytes are known never to have
+        reached the kernel. A stream that cannot tell says False."""
+        ...
+
+    async def receive_some(self, timeout: float) -> bytes:
+        """Some bytes, or b"" at end of file."""
+        ...
+
+    async def start_tls(
+        self,
+        context: ssl.SSLContext,
+        server_hostname: str | None,
+        timeout: float,
+        server_side: bool = False,
+    ) -> AsyncStream: ...
+
+    def idle_clean(self) -> bool:
+        """Nothing arrived (no byte, no end of file) since the last read."""
+        ...
+
+    def peer(self, listening: str) -> str: ...
+
+    async def aclose(self, forceful: bool = False) -> None:
+        """Close; never raises, never waits long."""
+        ...
+
+
+class AsyncBackend(Protocol):
+    """What a runtime supplies besides its stream."""
+
+    async def connect(self, config: ClientConfig, timeout: float) -> AsyncStream: ...
+
+    def lock(self) -> contextlib.AbstractAsyncContextManager[Any]: ...
+
+    async def run_handler(self, function: Any, args: tuple[Any, ...]) -> object: ...
+
+
+class AsyncConnection:
+    """One LMTP connection: the client core, its stream and the pump between them."""
+
+    def __init__(self, config: ClientConfig, backend: AsyncBackend) -> None:
+        self.config = config
+        self.id = new_id("c")
+        self._backend = backend
+        self._core = config.connection()
+        self._stream: AsyncStream | None = None
+        self._failure: LMTPError | None = None
+        self.capabilities: Capabilities | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._stream is not None
+
+    def idle_clean(self) -> bool:
+        """Ready for a transaction, and nothing arrived while the connection was idle."""
+        stream = self._stream
+        return stream is not None and self._core.reusable and stream.idle_clean()
+
+    async def open(self, deadline: Deadline) -> Capabilities:
+        """Connect, then greeting, LHLO and any STARTTLS; raises an LMTPError if the
+        session could not be opened."""
+        cfg = self.config
+        limit = cfg.timeouts.connect
+        try:
+            self._stream = await self._backend.connect(cfg, deadline.clip(limit))
+        except OSError as exc:
+            error = stream_error(exc, "connecting to", cfg.endpoint, deadline.describe(limit))
+            log.info("[%s] %s", self.id, error)
+            raise error from exc
+        log.debug("[%s] connected to %s", self.id, cfg.endpoint)
+        event = await self._pump(None, deadline)
+        if isinstance(event, ConnectionClosed):
+            await self.aclose()
+            raise session_failed(event, self._failure, cfg.endpoint)
+        assert isinstance(event, Ready)
+        self.capabilities = event.capabilities
+        return event.capabilities
+
+    async def deliver(
+        self,
+        body: AsyncBody,
+        sender: str | MailFrom,
+        recipients: Sequence[str | RcptTo],
+        deadline: Deadline,
+    ) -> TransactionResult:
+        """One transaction on the open connection; closed afterwards unless reusable."""
+        core = self._core
+        core.start_transaction(sender, recipients, size=body.size, eight_bit=body.eight_bit)
+        try:
+            event = await self._pump(body.pieces, deadline)
+        finally:
+            if not core.reusable:
+                await self.aclose()
+        assert isinstance(event, TransactionResult)
+        return event
+
+    async def aclose(self, quit: bool = True) -> None:
+        """QUIT (when idle and `quit`), then close."""
+        if self._stream is None:
+            return
+        if quit and self._core.reusable:
+            self._core.quit()
+            await self._pump(None, Deadline())
+        stream, self._stream = self._stream, None
+        await stream.aclose(forceful=self._failure is not None or not quit)
+
+    async def _pump(self, body: AsyncIterator[bytes] | None, deadline: Deadline) -> object:
+        core, timeouts = self._core, self.config.timeouts
+        seen, until, phase = -1, 0.0, Phase.GREETING
+        while True:
+            for side, line in core.take_trace():
+                log.debug("[%s] %s: %s", self.id, side, escape(line))
+            stream = self._stream
+            assert stream is not None
+            event = core.next_event()
+            data = core.data_to_send()
+            if data:
+                limit = timeouts.data_block
+                try:
+                    await stream.send_all(data, deadline.clip(limit))
+                except OSError as exc:
+                    reason = self._failed(exc, "writing to", deadline.describe(limit))
+                    core.send_failed(reason) if stream.unsent() else core.abort(reason)
+                    continue
+            if event is Signal.NEED_DATA:
+                if core.replies_received != seen:  # a new reply is awaited: a new deadline
+                    seen, phase = core.replies_received, core.phase
+                    until = time.monotonic() + timeouts.for_phase(phase)
+                try:
+                    data = await stream.receive_some(deadline.until(until))
+                except OSError as exc:
+                    waiting = f"waiting for {WAITING_FOR[phase]} from"
+                    core.abort(
+                        self._failed(exc, waiting, deadline.describe(timeouts.for_phase(phase)))
+                    )
+                    continue
+                core.receive_data(data) if data else core.receive_eof()
+            elif event is Signal.NEED_BODY:
+                assert body is not None
+                piece = await anext(body, None)
+                core.end_body() if piece is None else core.send_body(piece)
+            elif isinstance(event, StartTls):
+                cfg, limit = self.config, timeouts.starttls
+                assert cfg.ssl_context is not None
+                try:
+                    self._stream = await stream.start_tls(
+                        cfg.ssl_context, cfg.server_hostname, deadline.clip(limit)
+                    )
+                except OSError as exc:
+                    core.abort(
+                        self._failed(exc, "in the TLS handshake with", deadline.describe(limit))
+                    )
+                    continue
+                core.tls_established()
+            else:
+                if isinstance(event, ConnectionClosed):
+                    log.debug("[%s] closed: %s", self.id, escape(event.reason))
+                return event
+
+    def _failed(self, exc: OSError, doing: str, timed: str) -> str:
+        """Keep the first failure (raised if the session never opened); its text."""
+        error = stream_error(exc, doing, self.config.endpoint, timed)
+        error.__cause__ = exc
+        if self._failure is None:
+            self._failure = error
+        log.info("[%s] %s", self.id, error)
+        return str(error)
 
 
 class AsyncClient:
-    """One LMTP connection, opened on the first deliver() and reused after it."""
+    """One LMTP connection, opened on the first deliver() and reused after it.
 
-    def __init__(self, **settings: Any) -> None:
-        self.config = ClientConfig.create(**settings)
-        self._conn: ClientConnection | None = None
-        self._failure: BaseException | None = None
-        self._deadline = Deadline()
+    Safe to share between tasks: concurrent deliver() calls take turns on the one
+    connection, and each gets its own result."""
+
+    _backend: ClassVar[AsyncBackend]
+
+    def __init__(self, **settings: Unpack[ClientSettings]) -> None:
+        name = f"{type(self).__module__}.{type(self).__name__}"
+        self.config = ClientConfig.from_settings(name, settings)
+        self._lock = self._backend.lock()
+        self._connection: AsyncConnection | None = None
 
     async def __aenter__(self) -> Self:
         return self
@@ -38,45 +253,30 @@ class AsyncClient:
         await self.close()
 
     async def deliver(
-        self, message: Message, sender: str, recipients: Sequence[str | RcptTo]
+        self, message: Message, sender: str | MailFrom, recipients: Sequence[str | RcptTo]
     ) -> TransactionResult:
         """Deliver one message; one outcome per recipient, in order."""
         ClientConnection.check_envelope(sender, recipients)
-        body = prepare(message, allow_async=True)
-        self._deadline = Deadline(self.config.timeouts.total)
-        if self._stale():
-            await self._drop()  # the server spoke or hung up while we were idle
-        if self._conn is None or not self._conn.reusable:
-            await self._connect()
-        assert self._conn is not None
-        self._conn.start_transaction(sender, recipients, size=body.size, eight_bit=body.eight_bit)
-        try:
-            event = await self._pump(body.pieces)
-        finally:
-            if not self._conn.reusable:
-                await self._drop()
-        assert isinstance(event, TransactionResult)
-        return event
+        body = prepare_async(message)
+        deadline = Deadline(self.config.timeouts.total)
+        async with self._lock:
+            connection = self._connection
+            if connection is not None and not connection.idle_clean():
+                await connection.aclose(quit=False)  # the server spoke or hung up meanwhile
+                connection = self._connection = None
+            if connection is None:
+                connection = AsyncConnection(self.config, self._backend)
+                await connection.open(deadline)
+                self._connection = connection
+            try:
+                return await connection.deliver(body, sender, recipients, deadline)
+            finally:
+                if not connection.is_open:
+                    self._connection = None
 
     async def close(self) -> None:
         """QUIT (if the connection is idle) and close."""
-        if self._conn is not None and self._conn.reusable:
-            self._conn.quit()
-            with contextlib.suppress(Exception):
-                await self._pump(None)
-        await self._drop()
-
-    # ---- what each runtime supplies ---------------------------------------------
-
-    def _stale(self) -> bool:
-        """True when a kept connection got bytes or an end of file while idle."""
-        raise NotImplementedError
-
-    async def _connect(self) -> None:
-        raise NotImplementedError
-
-    async def _pump(self, body: Iterator[bytes] | AsyncIterator[bytes] | None) -> object:
-        raise NotImplementedError
-
-    async def _drop(self) -> None:
-        raise NotImplementedError
+        async with self._lock:
+            connection, self._connection = self._connection, None
+            if connection is not None:
+                await connection.aclose()

@@ -1,23 +1,28 @@
 """Endpoint, TLS and deadline settings, validated before any connection is made.
 
-How it works: ClientConfig.create() takes the keyword arguments of the delivery adapter
-our users know (socket_path, host, port, ssl, ssl_opts) plus ssl_context, starttls and
-timeouts, checks every combination, and builds the ssl.SSLContext once. TLS verifies
+How it works: the public entry points take their settings as keyword arguments typed by
+ClientSettings and ServerSettings (TypedDicts, so mypy checks every name and type at the
+caller's line). settings_error() gives Python's own TypeError, naming the public
+function, for a name that is not a setting. ClientConfig.from_settings() takes the
+keyword arguments of the delivery adapter our users know (socket_path, host, port, ssl,
+ssl_opts) plus ssl_context, starttls and timeouts, checks every combination, and builds
+the ssl.SSLContext once. TLS verifies
 certificates and host names unless ssl_opts says verify=False (logged as a warning).
 Over a UNIX socket there is no host name to check, so server_hostname must be given or
 hostname checking explicitly turned off. Timeouts maps each lmtp_core.Phase to a
-number of seconds (RFC 5321 4.5.3.2 defaults), so drivers look deadlines up by phase.
+number of seconds (RFC 5321 4.5.3.2 defaults), so drivers look deadlines up by phase;
+a Deadline turns the seconds of one wait and the delivery's total into one bound.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import select
 import ssl as _ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import Any, TypedDict
 
 from lmtp_core import (
     BareLineEndings,
@@ -31,9 +36,18 @@ from lmtp_core import (
     StartTls,
 )
 
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, Timeout
 
-__all__ = ["ClientConfig", "Deadline", "ServerConfig", "Timeouts", "server_context"]
+__all__ = [
+    "ClientConfig",
+    "ClientSettings",
+    "Deadline",
+    "ServerConfig",
+    "ServerSettings",
+    "Timeouts",
+    "server_context",
+    "settings_error",
+]
 
 log = logging.getLogger("transports")
 
@@ -96,32 +110,101 @@ class Timeouts:
         return float(getattr(self, phase.value))
 
 
-def idle_connection_is_clean(fileno: int, pending: int = 0) -> bool:
-    """True when nothing arrived on an idle connection: no bytes and no end of file.
-    A server that closed it (with or without a 421) makes it readable, and reusing it
-    would pair that with our next MAIL, so the driver opens a new one instead."""
-    if pending:
-        return False
-    try:
-        readable, _, _ = select.select([fileno], [], [], 0)
-    except (OSError, ValueError):
-        return False
-    return not readable
-
-
 class Deadline:
-    """The overall deadline of one delivery (or none): clip() bounds each wait by it."""
+    """The overall deadline of one delivery (or none). clip() bounds one wait of
+    `seconds` by it; until() bounds a wait that must end at a monotonic time. Either
+    raises Timeout once the total has passed; `binding` then tells which limit bit."""
 
-    __slots__ = ("_end",)
+    __slots__ = ("_end", "_total", "binding")
 
     def __init__(self, total: float | None = None) -> None:
+        self._total = total
         self._end = time.monotonic() + total if total else math.inf
+        self.binding = False  # the total, not the wait's own limit, bounds the last wait
 
     def clip(self, seconds: float) -> float:
-        remaining = self._end - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("the total deadline has passed")
-        return min(seconds, remaining)
+        return self.until(time.monotonic() + seconds) if self._end < math.inf else seconds
+
+    def until(self, end: float) -> float:
+        now = time.monotonic()
+        self.binding = self._end < end
+        remaining = min(end, self._end) - now
+        if remaining <= 0 and self.binding:
+            raise Timeout(f"the total deadline of {self._total:g} s passed")
+        return max(remaining, 0.0)
+
+    def describe(self, seconds: float) -> str:
+        """How long the last wait was allowed: its own limit, or the total's."""
+        if self.binding:
+            return f"the total deadline of {self._total:g} s passed"
+        return f"timed out after {seconds:g} s"
+
+
+class ClientSettings(TypedDict, total=False):
+    """The settings of a client (Client, Pool, deliver()), all keyword-only.
+
+    socket_path: a UNIX socket; takes precedence over host and port.
+    host, port: TCP endpoint ("127.0.0.1", 2424).
+    ssl: implicit TLS from the first byte. starttls: require STARTTLS.
+    ssl_opts: cafile, capath, cadata, verify, check_hostname, server_hostname, certfile,
+    keyfile, minimum_version, ciphers. ssl_context: a ready client context instead.
+    timeout: seconds for every phase, or a Timeouts. lhlo_name: the name we give.
+    chunking: use BDAT when offered. limits: the core's Limits.
+    """
+
+    socket_path: str | None
+    host: str
+    port: int
+    ssl: bool
+    ssl_opts: Mapping[str, object] | None
+    ssl_context: _ssl.SSLContext | None
+    starttls: bool
+    timeout: float | Timeouts | None
+    lhlo_name: str
+    chunking: bool
+    limits: Limits | None
+
+
+class ServerSettings(TypedDict, total=False):
+    """The settings of a server (Server, serve()), all keyword-only.
+
+    socket_path, or host and port ("127.0.0.1", 2424; port 0 picks a free one).
+    ssl_context: implicit TLS; starttls_context: offer STARTTLS (not both).
+    limits: the core's Limits. hostname: the name in the greeting.
+    idle_timeout: seconds a client may stay silent; session_timeout: the most one
+    session may last. bare_line_endings: the core's policy. backlog: listen() queue.
+    """
+
+    socket_path: str | None
+    host: str
+    port: int
+    ssl_context: _ssl.SSLContext | None
+    starttls_context: _ssl.SSLContext | None
+    limits: Limits | None
+    hostname: str
+    idle_timeout: float
+    session_timeout: float
+    bare_line_endings: BareLineEndings
+    backlog: int
+
+
+_CLIENT_KEYS = frozenset(ClientSettings.__annotations__)
+_SERVER_KEYS = frozenset(ServerSettings.__annotations__)
+
+
+def settings_error(function: str, settings: Mapping[str, Any], server: bool = False) -> None:
+    """Raise the TypeError Python gives for an unknown keyword argument, naming the
+    public function the caller called (a programming error, found by mypy too)."""
+    unknown = sorted(settings.keys() - (_SERVER_KEYS if server else _CLIENT_KEYS))
+    if unknown:
+        raise TypeError(f"{function}() got an unexpected keyword argument {unknown[0]!r}")
+
+
+def endpoint_name(socket_path: str | None, host: str, port: int) -> str:
+    """How messages name an endpoint: unix:/path, host:port or [v6]:port."""
+    if socket_path is not None:
+        return f"unix:{socket_path}"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +223,7 @@ class ClientConfig:
 
     @property
     def endpoint(self) -> str:
-        return self.socket_path if self.socket_path is not None else f"{self.host}:{self.port}"
+        return endpoint_name(self.socket_path, self.host, self.port)
 
     def connection(self) -> ClientConnection:
         """A new client core for one connection, tracing when DEBUG logging is on."""
@@ -153,7 +236,13 @@ class ClientConfig:
         )
 
     @classmethod
-    def create(
+    def from_settings(cls, function: str, settings: ClientSettings) -> ClientConfig:
+        """Check the settings given to `function` (the public name) and build them."""
+        settings_error(function, settings)
+        return cls._create(**settings)
+
+    @classmethod
+    def _create(
         cls,
         *,
         socket_path: str | None = None,
@@ -281,6 +370,9 @@ def server_context(certfile: str, keyfile: str | None = None) -> _ssl.SSLContext
 class ServerConfig:
     """Settings of a server driver; connection() makes the core for one session."""
 
+    socket_path: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 2424
     ssl_context: _ssl.SSLContext | None = None  # implicit TLS on every connection
     starttls_context: _ssl.SSLContext | None = None  # offer STARTTLS with this
     limits: Limits | None = None
@@ -300,8 +392,26 @@ class ServerConfig:
             )
         if isinstance(self.backlog, bool) or not isinstance(self.backlog, int) or self.backlog < 1:
             raise ConfigurationError("backlog must be a positive int")
-        if not (self.idle_timeout > 0 and self.session_timeout > 0):
-            raise ConfigurationError("idle_timeout and session_timeout must be positive")
+        for name in ("idle_timeout", "session_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ConfigurationError(f"{name} must be a positive number, not {value!r}")
+        if self.socket_path is None and (
+            isinstance(self.port, bool)
+            or not isinstance(self.port, int)
+            or not 0 <= self.port < 65536
+        ):
+            raise ConfigurationError(f"port must be an int from 0 to 65535, not {self.port!r}")
+
+    @classmethod
+    def from_settings(cls, function: str, settings: ServerSettings) -> ServerConfig:
+        """Check the settings given to `function` (the public name) and build them."""
+        settings_error(function, settings, server=True)
+        return cls(**settings)
+
+    @property
+    def endpoint(self) -> str:
+        return endpoint_name(self.socket_path, self.host, self.port)
 
     def flushes_on(self, event: object) -> bool:
         """Whether a server driver writes data_to_send() before acting on this event:

@@ -1,9 +1,12 @@
-"""The exceptions a driver raises, mapped from runtime errors through one table.
+"""The exceptions a driver raises, built from runtime errors in one place.
 
 How it works: a delivery that reached the transaction stage never raises for what the
 server did; it returns a result. These are for the rest: bad configuration (before any
 connection), failing to connect, TLS failures, a server that refused the session, and
-deadlines that passed before any recipient could be tried.
+deadlines that passed before any recipient could be tried. Each runtime's stream adapter
+turns its own exceptions into OSError (TimeoutError for a deadline, ssl.SSLError for
+TLS), and stream_error() turns an OSError into ours, with a message that names what was
+being done and the endpoint: the same words in every runtime.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import os
 import socket
 import ssl
 
-from lmtp_core import ConnectionClosed, ProtocolError, Reply
+from lmtp_core import ConnectionClosed, Phase, ProtocolError, Reply
 
 __all__ = [
     "ConfigurationError",
@@ -25,7 +28,9 @@ __all__ = [
 
 
 class LMTPError(Exception):
-    """Base class of every exception the drivers raise."""
+    """Base class of every exception the drivers raise for the peer, the network or a
+    setting's value. (Misuse of the API raises lmtp_core.LocalProtocolError or
+    TypeError, as in h11.)"""
 
 
 class ConfigurationError(LMTPError, ValueError):
@@ -57,52 +62,56 @@ class SessionError(LMTPError):
         self.error = error
 
 
-# One table from runtime exceptions to ours; the first match wins (subclasses first).
-# The async drivers add their own runtime's types in front of it.
-ERROR_MAP: tuple[tuple[type[BaseException], type[ConnectError]], ...] = (
-    (ssl.SSLError, TLSError),
-    (ssl.CertificateError, TLSError),
-    (socket.timeout, Timeout),
-    (TimeoutError, Timeout),
-    (OSError, ConnectError),
-)
-
-
-ErrorTable = tuple[tuple[type[BaseException], type[ConnectError]], ...]
+#: What the client waits for in each phase, for messages ("waiting for ... from X").
+WAITING_FOR = {
+    Phase.GREETING: "the greeting",
+    Phase.LHLO: "the reply to LHLO",
+    Phase.STARTTLS: "the reply to STARTTLS",
+    Phase.MAIL: "the reply to MAIL",
+    Phase.RCPT: "the replies to RCPT",
+    Phase.DATA_INIT: "the reply to DATA",
+    Phase.DATA_BLOCK: "the reply to a BDAT chunk",
+    Phase.DATA_END: "the replies after the end of the data",
+    Phase.COMMAND: "the reply to a command",
+}
 
 
 def _reason(exc: BaseException) -> str:
-    """The most telling text: the OS's own words when an errno is known."""
+    """The most telling text: the OS's own words when there are any."""
     cause = exc.__cause__
     grouped = cause.exceptions if isinstance(cause, BaseExceptionGroup) else ()
-    for candidate in (exc, cause, *grouped):  # trio groups one error per address tried
-        tls = isinstance(candidate, ssl.SSLError)  # its errno is not the OS's
-        if isinstance(candidate, OSError) and candidate.errno and not tls:
-            return os.strerror(candidate.errno)
+    for candidate in (exc, cause, *grouped):  # a group holds one error per address tried
+        if isinstance(candidate, ssl.SSLError):
+            return str(candidate.reason or candidate)
+        if isinstance(candidate, OSError) and candidate.errno and candidate.errno > 0:
+            return os.strerror(candidate.errno)  # asyncio's own strerror is less plain
+        if isinstance(candidate, OSError) and candidate.strerror:
+            return candidate.strerror  # getaddrinfo's words (its errno is negative)
     return str(exc) or type(exc).__name__
 
 
-def map_error(
-    exc: BaseException, table: ErrorTable = ERROR_MAP, where: str | None = None
-) -> ConnectError:
-    """The library's error for a runtime exception (a wrapped TLS error is a TLSError);
-    `where` names the endpoint when the failure was connecting to it."""
-    prefix = f"cannot connect to {where}: " if where else ""
-    if isinstance(exc.__cause__, ssl.SSLError):  # trio wraps TLS failures
-        return TLSError(prefix + str(exc.__cause__))
-    for source, target in table:
-        if isinstance(exc, source):
-            return target(prefix + _reason(exc))
-    return ConnectError(prefix + _reason(exc))
+def stream_error(exc: OSError, doing: str, endpoint: str, timed: str = "") -> ConnectError:
+    """Our error for a stream failure while `doing` ("connecting to", "waiting for the
+    greeting from", ...) with `endpoint`; `timed` says which limit passed, for timeouts."""
+    if isinstance(exc, Timeout):
+        return Timeout(f"{exc} {doing} {endpoint}")
+    if isinstance(exc, TimeoutError):
+        return Timeout(f"{timed or 'timed out'} {doing} {endpoint}")
+    if isinstance(exc, socket.gaierror):
+        host = endpoint.rpartition(":")[0].strip("[]")
+        return ConnectError(f"cannot resolve {host}: {_reason(exc)}")
+    if isinstance(exc, ssl.SSLError | ssl.CertificateError) or isinstance(
+        exc.__cause__, ssl.SSLError
+    ):
+        return TLSError(f"TLS failed {doing} {endpoint}: {_reason(exc.__cause__ or exc)}")
+    if doing == "connecting to":
+        return ConnectError(f"cannot connect to {endpoint}: {_reason(exc)}")
+    return ConnectError(f"connection failed {doing} {endpoint}: {_reason(exc)}")
 
 
-def session_failed(
-    event: ConnectionClosed, failure: BaseException | None, table: ErrorTable = ERROR_MAP
-) -> LMTPError:
+def session_failed(event: ConnectionClosed, failure: LMTPError | None, endpoint: str) -> LMTPError:
     """What to raise when a session ended before it was open: the transport's failure
     if there was one, else the server's refusal or protocol error."""
     if failure is not None:
-        error = map_error(failure, table)
-        error.__cause__ = failure
-        return error
-    return SessionError(event.reason, event.reply, event.error)
+        return failure
+    return SessionError(f"{event.reason} ({endpoint})", event.reply, event.error)

@@ -6,7 +6,9 @@ of bytes pass through; an email.message.Message is serialised with the SMTP poli
 (CRLF line ends). The size, sent as SIZE= when the server offers it, is exact for
 bytes (after line-end normalisation) and an estimate for regular files (their length;
 RFC 1870 calls SIZE the client's estimate); whether the body is 8-bit is known only for
-bytes, and the core works out the rest. Async iterables are accepted by the async drivers only.
+bytes, and the core works out the rest. prepare() gives an iterator for the blocking
+driver; prepare_async() gives an async iterator (wrapping a plain one) for the async
+drivers, the only ones that accept async iterables.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import IO, Any, TypeAlias
 
 from lmtp_core import normalized_size
 
-__all__ = ["Body", "Message", "prepare"]
+__all__ = ["AsyncBody", "Body", "Message", "prepare", "prepare_async"]
 
 PIECE = 1024 * 1024
 READ_SIZE = 64 * 1024
@@ -39,7 +41,14 @@ Message: TypeAlias = (
 
 @dataclass(slots=True)
 class Body:
-    pieces: Iterator[bytes] | AsyncIterator[bytes]
+    pieces: Iterator[bytes]
+    size: int | None
+    eight_bit: bool | None
+
+
+@dataclass(slots=True)
+class AsyncBody:
+    pieces: AsyncIterator[bytes]
     size: int | None
     eight_bit: bool | None
 
@@ -84,7 +93,20 @@ def _file_size(file: Any) -> int | None:
     return None
 
 
-def prepare(message: Message, *, allow_async: bool = False) -> Body:
+async def _async_pieces(pieces: Iterator[bytes]) -> AsyncIterator[bytes]:
+    for piece in pieces:
+        yield piece
+
+
+def prepare_async(message: Message) -> AsyncBody:
+    """As prepare(), for the async drivers: async iterables are welcome too."""
+    if isinstance(message, AsyncIterable):
+        return AsyncBody(_checked_async(message), None, None)
+    body = prepare(message)
+    return AsyncBody(_async_pieces(body.pieces), body.size, body.eight_bit)
+
+
+def prepare(message: Message) -> Body:
     """The message as pieces, with its size and 8-bitness when they are known cheaply."""
     if isinstance(message, email.message.Message):
         message = message.as_bytes(policy=email.policy.SMTP)
@@ -97,9 +119,7 @@ def prepare(message: Message, *, allow_async: bool = False) -> Body:
     if hasattr(message, "read"):
         return Body(_read(message), _file_size(message), None)  # type: ignore[arg-type]
     if isinstance(message, AsyncIterable):
-        if not allow_async:
-            raise TypeError("async iterables need the asyncio or trio driver")
-        return Body(_checked_async(message), None, None)
+        raise TypeError("async iterables need the asyncio or trio driver")
     if isinstance(message, Iterable):
         return Body(_checked(message), None, None)
     raise TypeError(f"cannot send a message of type {type(message).__name__}")

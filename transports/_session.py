@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, TypeAlias
 
 from lmtp_core import (
     EndOfData,
@@ -31,7 +31,9 @@ from lmtp_core import (
     ServerConnection,
 )
 
-__all__ = ["Call", "Envelope", "Handler", "Session"]
+from ._net import escape
+
+__all__ = ["Call", "Decision", "Envelope", "Handler", "Session", "Verdicts"]
 
 log = logging.getLogger("transports.server")
 
@@ -64,6 +66,12 @@ class Envelope:
         return self.message.read()
 
 
+#: A handler's answer to MAIL or RCPT: None accepts, a Reply is sent as it is.
+Decision: TypeAlias = Reply | None
+#: deliver()'s answer: one Decision for every recipient, or one per recipient in order.
+Verdicts: TypeAlias = Reply | Sequence[Reply | None] | None
+
+
 class Handler:
     """The application's policy. Override what you need; in the asyncio and trio
     drivers each method may also be ``async def``.
@@ -72,19 +80,19 @@ class Handler:
     the complete message and returns one Reply or None per recipient in
     envelope.recipients, or a single Reply or None that applies to all of them."""
 
-    def mail_from(self, sender: str, params: Params) -> Any:
+    def mail_from(self, sender: str, params: Params) -> Decision | Awaitable[Decision]:
         return None
 
-    def rcpt_to(self, recipient: str, params: Params) -> Any:
+    def rcpt_to(self, recipient: str, params: Params) -> Decision | Awaitable[Decision]:
         return None
 
-    def deliver(self, envelope: Envelope) -> Any:
+    def deliver(self, envelope: Envelope) -> Verdicts | Awaitable[Verdicts]:
         return None
 
 
 @dataclass(slots=True)
 class Call:
-    function: Callable[..., Any]
+    function: Callable[..., object]
     args: tuple[Any, ...]
     replies: int  # how many replies the result must give
 
@@ -146,9 +154,11 @@ class Session:
         self._send(call, [FAILED] * call.replies)
 
     def _replies(self, call: Call, result: object) -> list[Reply] | None:
-        default = {self.handler.mail_from: ACCEPT_MAIL, self.handler.rcpt_to: ACCEPT_RCPT}.get(
-            call.function, DELIVERED
-        )
+        defaults: dict[object, Reply] = {
+            self.handler.mail_from: ACCEPT_MAIL,
+            self.handler.rcpt_to: ACCEPT_RCPT,
+        }
+        default = defaults.get(call.function, DELIVERED)
         if result is None or isinstance(result, Reply):
             return [result or default] * call.replies
         if (
@@ -170,7 +180,7 @@ class Session:
         if pending is not None and not replies[0].is_positive:
             kind, event = pending
             if isinstance(event, RcptTo):
-                log.info("%s: %s %s", self.peer, event.address, replies[0])
+                log.info("%s: %s %s", self.peer, escape(event.address), replies[0])
         elif pending is not None:
             kind, event = pending
             if kind == "mail" and isinstance(event, MailFrom):
@@ -180,7 +190,7 @@ class Session:
                 env.rcpt_params.append(event.params)
         if call.function == self.handler.deliver:
             for recipient, reply in zip(env.recipients, replies, strict=True):
-                log.info("%s: %s %s", self.peer, recipient, reply)
+                log.info("%s: %s %s", self.peer, escape(recipient), reply)
             self.new_transaction()
 
     def new_transaction(self) -> None:

@@ -1,13 +1,12 @@
 """Blocking driver: lmtp_core over stdlib sockets, for the client and the server role.
 
-How it works. The client's pump writes data_to_send(), then acts on next_event():
-NEED_DATA reads with the deadline of the core's current phase, NEED_BODY feeds the next
-piece of the message, StartTls wraps the socket; anything else goes back to the caller.
-A read or write that fails or times out is reported to the core with abort(), which
-settles the recipients (never as delivered). Before each delivery on a kept connection
-a non-blocking check makes sure the server has not spoken or hung up meanwhile. The
-server runs one thread per connection and writes its replies once per read
-(ServerConfig.flushes_on); a socketpair wakes the accept loop when shutdown() is called.
+How it works. This module is only the runtime's adapter: SocketStream moves bytes with
+one socket timeout per wait, SocketBackend connects (UNIX, TCP, implicit TLS) and makes
+threading locks, and the delivery flow and per-connection server loop are the shared
+ones (_sync_client.py and _sync_server.py, generated from the async flows). Client is
+SyncClient on sockets, thread-safe: concurrent deliver() calls take turns. The server
+accepts in one thread (a selector, so that shutdown() can wake it through a
+socketpair) and serves each connection in a thread of its own.
 """
 
 from __future__ import annotations
@@ -19,157 +18,118 @@ import selectors
 import socket
 import ssl
 import threading
-import time
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Unpack
 
-from lmtp_core import (
-    ClientConnection,
-    ConnectionClosed,
-    RcptTo,
-    Ready,
-    Signal,
-    StartTls,
-    TransactionResult,
-)
+from lmtp_core import MailFrom, RcptTo, TransactionResult
 
-from ._config import ClientConfig, Deadline, ServerConfig, idle_connection_is_clean
-from ._errors import map_error, session_failed
-from ._message import Message, prepare
-from ._session import Handler, Session
+from ._config import ClientConfig, ClientSettings, ServerConfig, ServerSettings, settings_error
+from ._message import Message
+from ._net import idle_clean, peer_name
+from ._session import Handler
+from ._sync_client import SyncClient
+from ._sync_server import serve_connection
 
 __all__ = ["Client", "Server", "deliver", "serve"]
 
 log = logging.getLogger("transports")
 
 
-class Client:
-    """One LMTP connection, opened on the first deliver() and reused after it."""
+class SocketStream:
+    """A connected socket; each wait sets the socket's timeout."""
 
-    def __init__(self, **settings: Any) -> None:
-        self.config = ClientConfig.create(**settings)
-        self._sock: socket.socket | None = None
-        self._conn: ClientConnection | None = None
-        self._failure: BaseException | None = None
-        self._deadline = Deadline()
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.tls = isinstance(sock, ssl.SSLSocket)
 
-    def __enter__(self) -> Client:
-        return self
+    def _timeout(self, seconds: float) -> socket.socket:
+        if seconds <= 0:
+            raise TimeoutError("timed out")
+        self._sock.settimeout(seconds)
+        return self._sock
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def send_all(self, data: bytes, timeout: float) -> None:
+        self._timeout(timeout).sendall(data)
 
-    def deliver(
-        self, message: Message, sender: str, recipients: Sequence[str | RcptTo]
-    ) -> TransactionResult:
-        """Deliver one message; one outcome per recipient, in order."""
-        ClientConnection.check_envelope(sender, recipients)
-        body = prepare(message)
-        self._deadline = Deadline(self.config.timeouts.total)
+    def unsent(self) -> bool:
+        return True  # sendall() fails only before the kernel took its last byte
+
+    def receive_some(self, timeout: float) -> bytes:
+        return self._timeout(timeout).recv(65536)
+
+    def start_tls(
+        self,
+        context: ssl.SSLContext,
+        server_hostname: str | None,
+        timeout: float,
+        server_side: bool = False,
+    ) -> SocketStream:
+        sock = self._timeout(timeout)
+        return SocketStream(
+            context.wrap_socket(sock, server_side=server_side, server_hostname=server_hostname)
+        )
+
+    def idle_clean(self) -> bool:
         sock = self._sock
-        if sock is not None:
-            pending = sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
-            if not idle_connection_is_clean(sock.fileno(), pending):
-                self._drop()  # the server spoke or hung up while we were idle
-        if self._conn is None or not self._conn.reusable:
-            self._connect()
-        assert self._conn is not None
-        self._conn.start_transaction(sender, recipients, size=body.size, eight_bit=body.eight_bit)
-        pieces = body.pieces
-        assert isinstance(pieces, Iterator)
-        try:
-            event = self._pump(pieces)
-        finally:
-            if not self._conn.reusable:
-                self._drop()
-        assert isinstance(event, TransactionResult)
-        return event
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return False
+        return idle_clean(sock.fileno())
 
-    def close(self) -> None:
-        """QUIT (if the connection is idle) and close."""
-        if self._conn is not None and self._conn.reusable:
-            self._conn.quit()
-            with contextlib.suppress(Exception):
-                self._pump(None)
-        self._drop()
+    def peer(self, listening: str) -> str:
+        return peer_name(self._sock, listening)
 
-    def _connect(self) -> None:
-        cfg = self.config
-        self._conn = cfg.connection()
-        self._failure = None
+    def close(self, forceful: bool = False) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+
+class SocketBackend:
+    def connect(self, config: ClientConfig, timeout: float) -> SocketStream:
         sock: socket.socket | None = None
         try:
-            if cfg.socket_path is not None:
+            if config.socket_path is not None:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.settimeout(self._deadline.clip(cfg.timeouts.connect))
-                sock.connect(cfg.socket_path)
+                sock.settimeout(timeout)
+                sock.connect(config.socket_path)
             else:
-                sock = socket.create_connection(
-                    (cfg.host, cfg.port), self._deadline.clip(cfg.timeouts.connect)
-                )
+                sock = socket.create_connection((config.host, config.port), timeout)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if cfg.implicit_tls:
-                assert cfg.ssl_context is not None
-                sock = cfg.ssl_context.wrap_socket(sock, server_hostname=cfg.server_hostname)
-        except OSError as exc:
+            if config.implicit_tls:
+                assert config.ssl_context is not None
+                sock = config.ssl_context.wrap_socket(sock, server_hostname=config.server_hostname)
+        except BaseException:
             if sock is not None:
                 sock.close()
-            raise map_error(exc, where=cfg.endpoint) from exc
-        self._sock = sock
-        event = self._pump(None)
-        if isinstance(event, ConnectionClosed):
-            self._drop()
-            raise session_failed(event, self._failure)
-        assert isinstance(event, Ready)
+            raise
+        return SocketStream(sock)
 
-    def _pump(self, body: Iterator[bytes] | None) -> object:
-        conn, sock = self._conn, self._sock
-        assert conn is not None and sock is not None
-        while True:
-            for side, line in conn.take_trace():
-                log.debug("%s: %s", side, line)
-            try:
-                event = conn.next_event()
-                data = conn.data_to_send()
-                if data:
-                    sock.settimeout(self._deadline.clip(self.config.timeouts.data_block))
-                    sock.sendall(data)
-                if event is Signal.NEED_DATA:
-                    sock.settimeout(self._deadline.clip(self.config.timeouts.for_phase(conn.phase)))
-                    data = sock.recv(65536)
-                    conn.receive_data(data) if data else conn.receive_eof()
-                elif event is Signal.NEED_BODY:
-                    assert body is not None
-                    piece = next(body, None)
-                    conn.end_body() if piece is None else conn.send_body(piece)
-                elif isinstance(event, StartTls):
-                    assert isinstance(self.config.ssl_context, ssl.SSLContext)
-                    sock.settimeout(self._deadline.clip(self.config.timeouts.starttls))
-                    sock = self._sock = self.config.ssl_context.wrap_socket(
-                        sock, server_hostname=self.config.server_hostname
-                    )
-                    conn.tls_established()
-                else:
-                    if isinstance(event, ConnectionClosed):
-                        log.debug("connection closed: %s", event.reason)
-                    return event
-            except OSError as exc:  # timeouts and TLS errors are OSErrors too
-                log.info("connection failed: %s", exc)
-                self._failure = exc
-                conn.abort(f"{type(exc).__name__}: {exc}")
+    def lock(self) -> contextlib.AbstractContextManager[Any]:
+        return threading.Lock()
 
-    def _drop(self) -> None:
-        if self._sock is not None:
-            with contextlib.suppress(OSError):
-                self._sock.close()
-        self._sock = None
-        self._conn = None
+    def run_handler(self, function: Any, args: tuple[Any, ...]) -> object:
+        result = function(*args)
+        if hasattr(result, "__await__"):
+            with contextlib.suppress(AttributeError):
+                result.close()  # never awaited: do not leave a warning behind
+            raise TypeError(f"{function!r} is async; the blocking server needs plain methods")
+        return result
+
+
+class Client(SyncClient):
+    """One LMTP connection, opened on the first deliver() and reused after it.
+    Thread-safe: concurrent deliver() calls take turns on the connection."""
+
+    _backend = SocketBackend()
 
 
 def deliver(
-    message: Message, sender: str, recipients: Sequence[str | RcptTo], **settings: Any
+    message: Message,
+    sender: str | MailFrom,
+    recipients: Sequence[str | RcptTo],
+    **settings: Unpack[ClientSettings],
 ) -> TransactionResult:
-    """Connect, deliver one message, QUIT. See Client for the settings."""
+    """Connect, deliver one message, QUIT. See ClientSettings for the settings."""
+    settings_error("transports.blocking.deliver", settings)
     with Client(**settings) as client:
         return client.deliver(message, sender, recipients)
 
@@ -178,27 +138,17 @@ class Server:
     """An LMTP server: one thread per connection. Use as a context manager to run it in
     a background thread, or call serve_forever() and, from elsewhere, shutdown()."""
 
-    def __init__(
-        self,
-        handler: Handler,
-        *,
-        socket_path: str | None = None,
-        host: str = "127.0.0.1",
-        port: int = 2424,
-        **settings: Any,
-    ) -> None:
-        """``settings`` are ServerConfig's: ssl_context, starttls_context, limits,
-        hostname, idle_timeout, session_timeout, bare_line_endings."""
+    def __init__(self, handler: Handler, **settings: Unpack[ServerSettings]) -> None:
         self.handler = handler
-        self.config = ServerConfig(**settings)
-        if socket_path is not None:
+        self.config = cfg = ServerConfig.from_settings("transports.blocking.Server", settings)
+        if cfg.socket_path is not None:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(socket_path)
+                os.unlink(cfg.socket_path)
             self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self._listener.bind(socket_path)
+            self._listener.bind(cfg.socket_path)
         else:
-            self._listener = socket.create_server((host, port))
-        self._listener.listen(self.config.backlog)
+            self._listener = socket.create_server((cfg.host, cfg.port))
+        self._listener.listen(cfg.backlog)
         self.address: Any = self._listener.getsockname()
         self._wake_r, self._wake_w = socket.socketpair()
         self._stopping = threading.Event()
@@ -221,10 +171,8 @@ class Server:
                 for key, _ in selector.select():
                     if key.fileobj is self._listener and not self._stopping.is_set():
                         with contextlib.suppress(OSError):
-                            sock, peer = self._listener.accept()
-                            thread = threading.Thread(
-                                target=self._serve, args=(sock, peer), daemon=True
-                            )
+                            sock, _peer = self._listener.accept()
+                            thread = threading.Thread(target=self._serve, args=(sock,), daemon=True)
                             self._threads.add(thread)
                             thread.start()
         self._listener.close()
@@ -244,51 +192,18 @@ class Server:
         for thread in list(self._threads):
             thread.join(timeout)
 
-    def _serve(self, sock: socket.socket, peer: Any) -> None:
-        cfg = self.config
-        end = time.monotonic() + cfg.session_timeout
-        session: Session | None = None
+    def _serve(self, sock: socket.socket) -> None:
         try:
             if sock.family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if cfg.ssl_context is not None:
-                sock.settimeout(cfg.idle_timeout)
-                sock = cfg.ssl_context.wrap_socket(sock, server_side=True)
-            conn = cfg.connection()
-            session = Session(conn, self.handler, tls=cfg.ssl_context is not None, peer=str(peer))
-            while True:
-                sock.settimeout(max(0.001, min(cfg.idle_timeout, end - time.monotonic())))
-                event = conn.next_event()
-                if cfg.flushes_on(event) and (data := conn.data_to_send()):
-                    sock.sendall(data)
-                if event is Signal.NEED_DATA:
-                    data = sock.recv(65536)
-                    conn.receive_data(data) if data else conn.receive_eof()
-                elif isinstance(event, StartTls):
-                    assert cfg.starttls_context is not None
-                    sock = cfg.starttls_context.wrap_socket(sock, server_side=True)
-                    conn.tls_established()
-                    session.envelope.tls = True
-                elif isinstance(event, ConnectionClosed):
-                    return
-                elif (call := session.handle(event)) is not None:
-                    try:
-                        result = call.function(*call.args)
-                    except Exception as exc:
-                        session.failed(call, exc)
-                    else:
-                        session.complete(call, result)
-        except OSError as exc:
-            log.info("%s: connection ended: %s", peer, exc)
+            serve_connection(SocketStream(sock), self.config, self.handler, Client._backend)
         finally:
-            if session is not None:
-                session.close()  # drops a message spooled for a transaction cut short
-            sock.close()
             self._threads.discard(threading.current_thread())
 
 
-def serve(handler: Handler, **settings: Any) -> None:
-    """Run an LMTP server in this thread until interrupted. See Server for settings."""
+def serve(handler: Handler, **settings: Unpack[ServerSettings]) -> None:
+    """Run an LMTP server in this thread until interrupted. See ServerSettings."""
+    settings_error("transports.blocking.serve", settings, server=True)
     server = Server(handler, **settings)
     try:
         server.serve_forever()

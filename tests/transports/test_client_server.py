@@ -342,7 +342,8 @@ def test_chunking_setting_picks_bdat_or_data(
     assert result.all_delivered
     assert [m.data for m in handler.messages] == [body]
     transcript = [r.getMessage() for r in caplog.records if r.name == "transports"]
-    commands = [line.split(": ", 1)[1].split(" ")[0] for line in transcript if line[:3] == "C: "]
+    lines = [line.split("] ", 1)[1] for line in transcript]  # after the connection id
+    commands = [line.split(": ", 1)[1].split(" ")[0] for line in lines if line[:3] == "C: "]
     assert "LHLO" in commands and "MAIL" in commands and "RCPT" in commands
     if chunking:
         assert "BDAT" in commands and "DATA" not in commands

@@ -44,7 +44,7 @@ def core_client(conn: ClientConnection) -> None:
         first = event.recipients[0]
         assert_type(first, RecipientResult)
         assert_type(first.status, Status)
-        assert_type(first.stage, Stage | None)
+        assert_type(first.stage, Stage)
         assert_type(first.reply, Reply | None)
         assert_type(event.retry, tuple[RecipientResult, ...])
     elif event is Signal.NEED_DATA:

@@ -1,0 +1,45 @@
+# Calls mypy must reject, each at its own line; tests/typing/test_rejections.py runs
+# mypy --strict on this file and compares its errors with the `# E:` marks. Not run.
+from __future__ import annotations
+
+import trio
+
+from lmtp_core import MailFrom, Reply
+from transports import Handler, Timeouts
+from transports import asyncio as aio
+from transports import blocking
+from transports import trio as tr
+
+
+def client_settings() -> None:
+    blocking.deliver(b"x", "a@example.org", ["b@example.org"], sockt_path="/s")  # E: call-arg
+    blocking.deliver(b"x", "a@example.org", ["b@example.org"], port="2424")  # E: arg-type
+    blocking.deliver(b"x", "a@example.org", ["b@example.org"], timeout="5")  # E: arg-type
+    blocking.Client(sockt_path="/s")  # E: call-arg
+    blocking.Client(ssl="yes")  # E: arg-type
+    blocking.Client(timeout=Timeouts(total="5"))  # E: arg-type
+    blocking.deliver(b"x", MailFrom("a@example.org", (("RET", 1),)), ["b@e.org"])  # E: arg-type
+    blocking.deliver(b"x", 42, ["b@example.org"])  # E: arg-type
+
+
+async def async_client_settings() -> None:
+    await aio.deliver(b"x", "a@example.org", ["b@example.org"], sockt_path="/s")  # E: call-arg
+    await tr.deliver(b"x", "a@example.org", ["b@example.org"], port="2424")  # E: arg-type
+    aio.Client(sockt_path="/s")  # E: call-arg
+    tr.Client(chunking="no")  # E: arg-type
+
+
+class Picky(Handler):
+    def rcpt_to(self, recipient: str, params: object) -> int:  # E: override
+        return 550
+
+
+async def server_settings(handler: Handler) -> None:
+    blocking.Server(handler, sockt_path="/s")  # E: call-arg
+    blocking.Server(handler, idle_timeout="5")  # E: arg-type
+    aio.Server(handler, port="2424")  # E: arg-type
+    tr.Server(handler, backlog=None)  # E: arg-type
+    await aio.serve(handler, hostname=1)  # E: arg-type
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tr.Server(handler).serve)
+    Reply(250, "2.0.0", "OK")

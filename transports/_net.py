@@ -1,0 +1,63 @@
+"""Small I/O helpers every runtime's stream adapter shares.
+
+How it works: idle_clean() asks poll() (never select(), which fails for descriptors
+above 1023) whether an idle connection became readable: any byte or an end of file
+there means the server spoke or hung up between deliveries, so the connection must not
+be reused. peer_name() spells a socket's peer the way log lines and errors spell
+endpoints, and new_id() numbers connections so that concurrent transcripts can be told
+apart in the log ("c12" is a client connection, "s7" a server session). escape() makes
+peer-controlled text safe for one log line.
+"""
+
+from __future__ import annotations
+
+import itertools
+import select
+import socket
+from typing import Any
+
+from ._config import endpoint_name
+
+__all__ = ["escape", "idle_clean", "new_id", "peer_name"]
+
+_ids = itertools.count(1)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}{next(_ids)}"
+
+
+def idle_clean(fileno: int) -> bool:
+    """True when nothing (no byte, no end of file, no error) arrived on the descriptor."""
+    if fileno < 0:
+        return False
+    poller = select.poll()
+    poller.register(fileno, select.POLLIN | select.POLLPRI)
+    return not poller.poll(0)
+
+
+def peer_name(sock: Any, listening: str = "") -> str:
+    """unix:PATH (the listening path: a UNIX client has no name of its own),
+    host:port or [v6]:port. `sock` is a socket or anything with its methods."""
+    if sock is None:
+        return listening or "unknown"
+    try:
+        if sock.family == socket.AF_UNIX:
+            return f"unix:{sock.getsockname() or listening}"
+        host, port = sock.getpeername()[:2]
+    except OSError:
+        return listening or "unknown"
+    return endpoint_name(None, host, port)
+
+
+def escape(text: str) -> str:
+    """Text from the peer for a log line: control and bidi characters escaped."""
+    if text.isprintable() and text.isascii():
+        return text
+    return "".join(
+        ch if ch.isprintable() and ch not in _BIDI else ch.encode("unicode_escape").decode()
+        for ch in text
+    )
+
+
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
