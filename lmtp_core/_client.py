@@ -251,8 +251,10 @@ class ClientConnection:
         except that what that write carried counts as never sent. A driver that cannot
         tell whether its writes went out (buffered I/O) calls abort() instead."""
         if self.state is not ClientState.CLOSED:
-            if self._end_in_last and self._txn is not None:
-                self._txn.end_sent = False
+            txn = self._txn
+            # A final reply already read proves the end of data arrived after all.
+            if self._end_in_last and txn is not None and not txn.finals:
+                txn.end_sent = False
             self._lose(reason)
 
     def tls_established(self) -> None:
@@ -280,8 +282,8 @@ class ClientConnection:
         self._end_in_last = self._end_queued
         if self._end_queued:
             self._end_queued = False
-            if self._txn is not None:
-                self._txn.end_sent = True
+            assert self._txn is not None  # settling a transaction withdraws its end
+            self._txn.end_sent = True
         return data
 
     @property
@@ -295,9 +297,11 @@ class ClientConnection:
         data is out every reply still due may wait for the message to be stored (a
         server may hold back even its MAIL and RCPT replies until then): DATA_END."""
         if self._awaiting:
-            if self._txn is not None and (self._txn.end_sent or self._end_queued):
+            head = self._awaiting[0]
+            txn = self._txn
+            if txn is not None and (txn.end_sent or self._end_queued) and head is not _Await.RSET:
                 return Phase.DATA_END
-            return _PHASE[self._awaiting[0]]
+            return _PHASE[head]
         return Phase.DATA_BLOCK if self._body_open else Phase.COMMAND
 
     def next_event(self) -> ClientEvent:

@@ -23,11 +23,10 @@ the two disagree: the blocking driver runs the same flow, with plain calls.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol, Self, Unpack
 
 from lmtp_core import (
@@ -44,7 +43,7 @@ from lmtp_core import (
 )
 
 from ._config import ClientConfig, ClientSettings, Deadline
-from ._errors import WAITING_FOR, LMTPError, session_failed, stream_error
+from ._errors import WAITING_FOR, LMTPError, Timeout, session_failed, stream_error
 from ._message import AsyncBody, Message, prepare_async
 from ._net import escape, new_id
 
@@ -95,7 +94,14 @@ class AsyncBackend(Protocol):
 
     async def connect(self, config: ClientConfig, timeout: float) -> AsyncStream: ...
 
-    def lock(self) -> contextlib.AbstractAsyncContextManager[Any]: ...
+    def lock(self) -> Any:
+        """A lock of the runtime's kind (with a release() method)."""
+        ...
+
+    async def acquire(self, lock: Any, timeout: float | None) -> None:
+        """Take the lock, waiting at most `timeout` seconds (None: no limit); raises
+        TimeoutError."""
+        ...
 
     async def run_handler(self, function: Any, args: tuple[Any, ...]) -> object: ...
 
@@ -152,7 +158,7 @@ class AsyncConnection:
         core = self._core
         core.start_transaction(sender, recipients, size=body.size, eight_bit=body.eight_bit)
         try:
-            event = await self._pump(body.pieces, deadline)
+            event = await self._pump(body, deadline)
         finally:
             if not core.reusable:
                 await self.aclose()
@@ -169,7 +175,7 @@ class AsyncConnection:
         stream, self._stream = self._stream, None
         await stream.aclose(forceful=self._failure is not None or not quit)
 
-    async def _pump(self, body: AsyncIterator[bytes] | None, deadline: Deadline) -> object:
+    async def _pump(self, body: AsyncBody | None, deadline: Deadline) -> object:
         core, timeouts = self._core, self.config.timeouts
         seen, until, phase = -1, 0.0, Phase.GREETING
         while True:
@@ -202,7 +208,7 @@ class AsyncConnection:
                 core.receive_data(data) if data else core.receive_eof()
             elif event is Signal.NEED_BODY:
                 assert body is not None
-                piece = await anext(body, None)
+                piece = await body.next_piece()
                 core.end_body() if piece is None else core.send_body(piece)
             elif isinstance(event, StartTls):
                 cfg, limit = self.config, timeouts.starttls
@@ -259,7 +265,8 @@ class AsyncClient:
         ClientConnection.check_envelope(sender, recipients)
         body = prepare_async(message)
         deadline = Deadline(self.config.timeouts.total)
-        async with self._lock:
+        await self._take_turn(deadline)
+        try:
             connection = self._connection
             if connection is not None and not connection.idle_clean():
                 await connection.aclose(quit=False)  # the server spoke or hung up meanwhile
@@ -273,10 +280,25 @@ class AsyncClient:
             finally:
                 if not connection.is_open:
                     self._connection = None
+        finally:
+            self._lock.release()
 
     async def close(self) -> None:
         """QUIT (if the connection is idle) and close."""
-        async with self._lock:
+        await self._backend.acquire(self._lock, None)
+        try:
             connection, self._connection = self._connection, None
             if connection is not None:
                 await connection.aclose()
+        finally:
+            self._lock.release()
+
+    async def _take_turn(self, deadline: Deadline) -> None:
+        """Wait for the connection, within the delivery's total deadline."""
+        try:
+            await self._backend.acquire(self._lock, deadline.remaining())
+        except TimeoutError:
+            raise Timeout(
+                f"{deadline.describe(0)} waiting for a turn on the connection to "
+                f"{self.config.endpoint}"
+            ) from None

@@ -133,6 +133,13 @@ class Deadline:
             raise Timeout(f"the total deadline of {self._total:g} s passed")
         return max(remaining, 0.0)
 
+    def remaining(self) -> float | None:
+        """Seconds left (never below 0), or None without a total."""
+        if self._end == math.inf:
+            return None
+        self.binding = True
+        return max(self._end - time.monotonic(), 0.0)
+
     def describe(self, seconds: float) -> str:
         """How long the last wait was allowed: its own limit, or the total's."""
         if self.binding:

@@ -7,8 +7,8 @@ of bytes pass through; an email.message.Message is serialised with the SMTP poli
 bytes (after line-end normalisation) and an estimate for regular files (their length;
 RFC 1870 calls SIZE the client's estimate); whether the body is 8-bit is known only for
 bytes, and the core works out the rest. prepare() gives an iterator for the blocking
-driver; prepare_async() gives an async iterator (wrapping a plain one) for the async
-drivers, the only ones that accept async iterables.
+driver; prepare_async() gives the same for the async drivers, or an async iterator for
+an async iterable, which only they accept.
 """
 
 from __future__ import annotations
@@ -45,12 +45,20 @@ class Body:
     size: int | None
     eight_bit: bool | None
 
+    def next_piece(self) -> bytes | None:
+        return next(self.pieces, None)
+
 
 @dataclass(slots=True)
 class AsyncBody:
-    pieces: AsyncIterator[bytes]
+    pieces: Iterator[bytes] | AsyncIterator[bytes]  # a plain one is not wrapped: speed
     size: int | None
     eight_bit: bool | None
+
+    async def next_piece(self) -> bytes | None:
+        if isinstance(self.pieces, Iterator):
+            return next(self.pieces, None)
+        return await anext(self.pieces, None)
 
 
 def _slices(data: bytes | bytearray | memoryview) -> Iterator[bytes]:
@@ -93,17 +101,12 @@ def _file_size(file: Any) -> int | None:
     return None
 
 
-async def _async_pieces(pieces: Iterator[bytes]) -> AsyncIterator[bytes]:
-    for piece in pieces:
-        yield piece
-
-
 def prepare_async(message: Message) -> AsyncBody:
     """As prepare(), for the async drivers: async iterables are welcome too."""
     if isinstance(message, AsyncIterable):
         return AsyncBody(_checked_async(message), None, None)
     body = prepare(message)
-    return AsyncBody(_async_pieces(body.pieces), body.size, body.eight_bit)
+    return AsyncBody(body.pieces, body.size, body.eight_bit)
 
 
 def prepare(message: Message) -> Body:

@@ -25,11 +25,10 @@ the two disagree: the blocking driver runs the same flow, with plain calls.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol, Self, Unpack
 
 from lmtp_core import (
@@ -46,7 +45,7 @@ from lmtp_core import (
 )
 
 from ._config import ClientConfig, ClientSettings, Deadline
-from ._errors import WAITING_FOR, LMTPError, session_failed, stream_error
+from ._errors import WAITING_FOR, LMTPError, Timeout, session_failed, stream_error
 from ._message import Body, Message, prepare
 from ._net import escape, new_id
 
@@ -97,7 +96,14 @@ class SyncBackend(Protocol):
 
     def connect(self, config: ClientConfig, timeout: float) -> SyncStream: ...
 
-    def lock(self) -> contextlib.AbstractContextManager[Any]: ...
+    def lock(self) -> Any:
+        """A lock of the runtime's kind (with a release() method)."""
+        ...
+
+    def acquire(self, lock: Any, timeout: float | None) -> None:
+        """Take the lock, waiting at most `timeout` seconds (None: no limit); raises
+        TimeoutError."""
+        ...
 
     def run_handler(self, function: Any, args: tuple[Any, ...]) -> object: ...
 
@@ -154,7 +160,7 @@ class SyncConnection:
         core = self._core
         core.start_transaction(sender, recipients, size=body.size, eight_bit=body.eight_bit)
         try:
-            event = self._pump(body.pieces, deadline)
+            event = self._pump(body, deadline)
         finally:
             if not core.reusable:
                 self.close()
@@ -171,7 +177,7 @@ class SyncConnection:
         stream, self._stream = self._stream, None
         stream.close(forceful=self._failure is not None or not quit)
 
-    def _pump(self, body: Iterator[bytes] | None, deadline: Deadline) -> object:
+    def _pump(self, body: Body | None, deadline: Deadline) -> object:
         core, timeouts = self._core, self.config.timeouts
         seen, until, phase = -1, 0.0, Phase.GREETING
         while True:
@@ -204,7 +210,7 @@ class SyncConnection:
                 core.receive_data(data) if data else core.receive_eof()
             elif event is Signal.NEED_BODY:
                 assert body is not None
-                piece = next(body, None)
+                piece = body.next_piece()
                 core.end_body() if piece is None else core.send_body(piece)
             elif isinstance(event, StartTls):
                 cfg, limit = self.config, timeouts.starttls
@@ -261,7 +267,8 @@ class SyncClient:
         ClientConnection.check_envelope(sender, recipients)
         body = prepare(message)
         deadline = Deadline(self.config.timeouts.total)
-        with self._lock:
+        self._take_turn(deadline)
+        try:
             connection = self._connection
             if connection is not None and not connection.idle_clean():
                 connection.close(quit=False)  # the server spoke or hung up meanwhile
@@ -275,10 +282,25 @@ class SyncClient:
             finally:
                 if not connection.is_open:
                     self._connection = None
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         """QUIT (if the connection is idle) and close."""
-        with self._lock:
+        self._backend.acquire(self._lock, None)
+        try:
             connection, self._connection = self._connection, None
             if connection is not None:
                 connection.close()
+        finally:
+            self._lock.release()
+
+    def _take_turn(self, deadline: Deadline) -> None:
+        """Wait for the connection, within the delivery's total deadline."""
+        try:
+            self._backend.acquire(self._lock, deadline.remaining())
+        except TimeoutError:
+            raise Timeout(
+                f"{deadline.describe(0)} waiting for a turn on the connection to "
+                f"{self.config.endpoint}"
+            ) from None

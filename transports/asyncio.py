@@ -53,9 +53,12 @@ class StreamPair:
         writer.transport.set_write_buffer_limits(high=0)
 
     async def send_all(self, data: bytes, timeout: float) -> None:
-        self._writer.write(data)
-        async with asyncio.timeout(timeout):
-            await self._writer.drain()
+        writer = self._writer
+        writer.write(data)
+        transport = writer.transport
+        if transport.get_write_buffer_size() or transport.is_closing():
+            async with asyncio.timeout(timeout):  # wait for the rest, or learn the error
+                await writer.drain()
 
     def unsent(self) -> bool:
         # A transport that lost its connection drops its buffer, so an empty one
@@ -123,6 +126,13 @@ class AsyncioBackend:
 
     def lock(self) -> asyncio.Lock:
         return asyncio.Lock()
+
+    async def acquire(self, lock: asyncio.Lock, timeout: float | None) -> None:
+        if timeout is None:  # no total deadline: no timer to arm
+            await lock.acquire()
+            return
+        async with asyncio.timeout(timeout):
+            await lock.acquire()
 
     async def run_handler(self, function: Any, args: tuple[Any, ...]) -> object:
         result = function(*args)

@@ -103,8 +103,12 @@ class SocketBackend:
             raise
         return SocketStream(sock)
 
-    def lock(self) -> contextlib.AbstractContextManager[Any]:
+    def lock(self) -> threading.Lock:
         return threading.Lock()
+
+    def acquire(self, lock: threading.Lock, timeout: float | None) -> None:
+        if not lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError("timed out")
 
     def run_handler(self, function: Any, args: tuple[Any, ...]) -> object:
         result = function(*args)

@@ -15,10 +15,11 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import math
 import os
 import socket
 import ssl
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Unpack
 
 import trio
@@ -37,18 +38,16 @@ __all__ = ["Client", "Server", "deliver", "serve"]
 log = logging.getLogger("transports")
 
 
-@contextlib.contextmanager
-def _as_os_errors(timeout: float) -> Iterator[None]:
-    """Bound the block by `timeout` and speak OSError, as every stream adapter does."""
-    try:
-        with trio.fail_after(max(timeout, 0)):
-            yield
-    except trio.TooSlowError as exc:
-        raise TimeoutError("timed out") from exc
-    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        if isinstance(exc.__cause__, OSError):  # ssl.SSLError included
-            raise exc.__cause__ from exc
-        raise ConnectionResetError(str(exc) or "the connection broke") from exc
+_TRIO_ERRORS = (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+def _os_error(exc: BaseException) -> OSError:
+    """What every stream adapter raises: OSError (TimeoutError for a deadline)."""
+    if isinstance(exc, trio.TooSlowError):
+        return TimeoutError("timed out")
+    if isinstance(exc.__cause__, OSError):  # ssl.SSLError included
+        return exc.__cause__
+    return ConnectionResetError(str(exc) or "the connection broke")
 
 
 def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
@@ -65,15 +64,21 @@ class TrioStream:
         self.tls = isinstance(stream, trio.SSLStream)
 
     async def send_all(self, data: bytes, timeout: float) -> None:
-        with _as_os_errors(timeout):
-            await self._stream.send_all(data)
+        try:
+            with trio.fail_after(timeout):
+                await self._stream.send_all(data)
+        except _TRIO_ERRORS as exc:
+            raise _os_error(exc) from exc
 
     def unsent(self) -> bool:
         return True  # send_all() fails only before the kernel took its last byte
 
     async def receive_some(self, timeout: float) -> bytes:
-        with _as_os_errors(timeout):
-            return bytes(await self._stream.receive_some(65536))
+        try:
+            with trio.fail_after(timeout):
+                return bytes(await self._stream.receive_some(65536))
+        except _TRIO_ERRORS as exc:
+            raise _os_error(exc) from exc
 
     async def start_tls(
         self,
@@ -85,8 +90,11 @@ class TrioStream:
         stream = trio.SSLStream(
             self._stream, context, server_hostname=server_hostname, server_side=server_side
         )
-        with _as_os_errors(timeout):
-            await stream.do_handshake()
+        try:
+            with trio.fail_after(timeout):
+                await stream.do_handshake()
+        except _TRIO_ERRORS as exc:
+            raise _os_error(exc) from exc
         return TrioStream(stream)
 
     def idle_clean(self) -> bool:
@@ -105,7 +113,7 @@ class TrioBackend:
     async def connect(self, config: ClientConfig, timeout: float) -> TrioStream:
         stream: trio.abc.Stream | None = None
         try:
-            with _as_os_errors(timeout):
+            with trio.fail_after(timeout):
                 if config.socket_path is not None:
                     stream = await trio.open_unix_socket(config.socket_path)
                 else:
@@ -116,14 +124,23 @@ class TrioBackend:
                         stream, config.ssl_context, server_hostname=config.server_hostname
                     )
                     await stream.do_handshake()
-        except BaseException:
+        except BaseException as exc:
             if stream is not None:
                 await trio.aclose_forcefully(stream)
+            if isinstance(exc, _TRIO_ERRORS):
+                raise _os_error(exc) from exc
             raise
         return TrioStream(stream)
 
     def lock(self) -> trio.Lock:
         return trio.Lock()
+
+    async def acquire(self, lock: trio.Lock, timeout: float | None) -> None:
+        try:
+            with trio.fail_after(math.inf if timeout is None else timeout):
+                await lock.acquire()
+        except trio.TooSlowError:
+            raise TimeoutError("timed out") from None
 
     async def run_handler(self, function: Any, args: tuple[Any, ...]) -> object:
         result = function(*args)

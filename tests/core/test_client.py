@@ -4,23 +4,27 @@ Covers: the greeting and LHLO (refusals, capability parsing, never HELO/EHLO); w
 out in one write with and without PIPELINING and CHUNKING, the body only after 354,
 BDAT chunking and BDAT 0 LAST; LMTP's per-recipient outcomes paired by position (mixed
 replies after the data, refusals at MAIL and RCPT, duplicates, nobody accepted, DATA
-refused); the connection ending or a 421 at every point of a transaction; many
-transactions and QUIT; STARTTLS (required, refused, response injection); local
-validation that queues nothing when it raises (addresses, lengths, parameters,
-SMTPUTF8, SIZE, 8BITMIME, body checks); hostile replies; the transcript (trace=True)
-and reusable; Phase; and a sweep over reachable states and API calls (works or
-LocalProtocolError, nothing else).
+refused); the connection ending (end of file, abort, a failed write) or a 421 at every
+point of a transaction, with the stage each unanswered recipient reached, and when the
+end of data counts as written (UNKNOWN) or not (TEMPORARY); many transactions and QUIT;
+STARTTLS (required, refused, response injection); local validation that queues nothing
+when it raises (addresses, lengths, parameters, SMTPUTF8, SIZE, 8BITMIME, body checks);
+hostile replies; the transcript (trace=True) and reusable; Phase and replies_received;
+and a sweep over reachable states and API calls (works or LocalProtocolError, nothing
+else).
 
 How it works: drive() is a scripted server. It takes the server's bytes (a list of
 chunks released one per read, or a function of what the client wrote since the last
 read), drives a ClientConnection as a driver would (write, read, feed the body on
 Signal.NEED_BODY, start the next transaction on Ready), and records every event and
-what the client had written at each read. run_splits() feeds the server's bytes whole,
+what the client had written (and replies_received and phase) at each read. When the
+server has nothing more to say it ends as told: end of file, abort(), send_failed(),
+or abort() before the last write. run_splits() feeds the server's bytes whole,
 byte by byte and in random splits (tests/core/helpers.every_split) and asserts that all
 give the same events and the same bytes written. The bytes come in segments that end
-where the client goes idle (after LHLO, between transactions): no read hands the client
-a reply to a command it has not sent yet, since a reply already there when the client
-goes idle is unsolicited.
+where the client goes idle (after LHLO, between transactions), and after each reply
+without PIPELINING (stream_of()): no read hands the client a reply to a command it has
+not sent yet, since a reply already there when the client goes idle is unsolicited.
 """
 
 from __future__ import annotations
@@ -79,7 +83,7 @@ BODY = b"Subject: hi\r\n\r\nhello\r\n"
 DEL, TMP, PRM, UNK = Status.DELIVERED, Status.TEMPORARY, Status.PERMANENT, Status.UNKNOWN
 RC, DT = Stage.RCPT, Stage.DATA
 
-Outcome = tuple[Status, int | None, Stage | None]
+Outcome = tuple[Status, int | None, Stage]
 
 
 # ---- the scripted server ------------------------------------------------------------
@@ -126,8 +130,11 @@ class Run:
     conn: ClientConnection
     #: Every event next_event() returned other than a Signal, in order.
     events: list[object] = field(default_factory=list)
-    #: What the client had written before each read, then what it wrote at the end.
+    #: What the client had written before each read, then what was left at the end.
     flushes: list[bytes] = field(default_factory=list)
+    #: conn.replies_received and conn.phase at each read (before the bytes were fed).
+    received: list[int] = field(default_factory=list)
+    phases: list[Phase] = field(default_factory=list)
     #: Server chunks never released (the run stopped first).
     leftover: list[bytes] = field(default_factory=list)
 
@@ -156,17 +163,33 @@ def client(**options: object) -> ClientConnection:
     return ClientConnection(**options)  # type: ignore[arg-type]
 
 
+#: What the driver does when the server has nothing more to say, and its reason.
+ENDS = {
+    "eof": "the server closed the connection",
+    "abort": "read timeout",
+    "send_failed": "write failed",
+    "abort_unwritten": "write timeout",
+}
+
+
 def drive(
     server: Server,
     *txns: Txn,
     then_quit: bool = False,
     end: str = "eof",
+    body_end: str = "end",
     conn: ClientConnection | None = None,
     **options: object,
 ) -> Run:
     """Run a client against `server` until the last transaction's result (or QUIT's
     ConnectionClosed, or any ConnectionClosed). When the server has nothing more to
-    say, `end` is "eof" (receive_eof), "abort" (abort("read timeout")) or "stop"."""
+    say, `end` is "eof" (receive_eof), "abort" (abort("read timeout")), "send_failed"
+    (the last write failed: send_failed("write failed")), "abort_unwritten" (the
+    deadline passes before the driver writes what the client queued while reading the
+    last bytes: abort("write timeout") before that data_to_send()) or "stop". When the
+    body is all given, `body_end` is "end" (end_body()), "end_abort" (end_body(), then
+    abort("write timeout") before the next data_to_send()) or "send_failed" (the write
+    of the body so far failed: send_failed("write failed") instead of end_body())."""
     conn = conn if conn is not None else client(**options)
     run = Run(conn)
     pending = list(txns)
@@ -177,7 +200,12 @@ def drive(
         out += conn.data_to_send()
         event = conn.next_event()
         if event is Signal.NEED_DATA:
+            if end == "abort_unwritten" and chunks == []:
+                conn.abort(ENDS[end])
+                continue
             run.flushes.append(bytes(out + conn.data_to_send()))
+            run.received.append(conn.replies_received)
+            run.phases.append(conn.phase)
             out.clear()
             if chunks is not None:
                 data = chunks.pop(0) if chunks else None
@@ -189,14 +217,20 @@ def drive(
             elif end == "eof":
                 conn.receive_eof()
             elif end == "abort":
-                conn.abort("read timeout")
+                conn.abort(ENDS[end])
+            elif end == "send_failed":
+                conn.send_failed(ENDS[end])
             else:
                 break
         elif event is Signal.NEED_BODY:
             if body:
                 conn.send_body(body.pop(0))
+            elif body_end == "send_failed":
+                conn.send_failed("write failed")
             else:
                 conn.end_body()
+                if body_end == "end_abort":
+                    conn.abort("write timeout")
         else:
             run.events.append(event)
             if isinstance(event, ConnectionClosed):
@@ -250,6 +284,15 @@ def run_splits(segments: Segments, *txns: Txn, **kwargs: object) -> Run:
         assert norm(other.events) == norm(first.events)
         assert other.written == first.written
     return first
+
+
+def stream_of(exts: Sequence[str], *groups: Sequence[bytes]) -> list[bytes]:
+    """hello(*exts), then the replies: each group as one segment with PIPELINING, each
+    reply as its own without (a server answers a command only once it was sent)."""
+    segments = [hello(*exts)]
+    for group in groups:
+        segments += [b"".join(group)] if "PIPELINING" in exts else list(group)
+    return segments
 
 
 def outcomes(result: TransactionResult) -> list[Outcome]:
@@ -735,55 +778,86 @@ _REPLIES_DATA = [GREETING, lhlo(), r(250), r(250), r(550), r(250), r(354), r(250
 _REPLIES_BDAT = [GREETING, lhlo("CHUNKING"), r(250), r(250), r(550), r(250), r(250), r(452)]
 _REPLIES_PIPE_BDAT = [GREETING, lhlo("PIPELINING", "CHUNKING"), *_REPLIES_BDAT[2:]]
 
-_T: Outcome = (TMP, None, None)
-_U: Outcome = (UNK, None, None)
+# Without a reply the stage is where the recipient got to: DATA once its RCPT was
+# accepted, else RCPT (its RCPT reply, or MAIL's, never came).
+_TR: Outcome = (TMP, None, RC)
+_TD: Outcome = (TMP, None, DT)
+_UR: Outcome = (UNK, None, RC)
+_UD: Outcome = (UNK, None, DT)
 _B: Outcome = (PRM, 550, RC)
 _D: Outcome = (DEL, 250, DT)
 # Expected outcomes after k transaction replies (MAIL first) then the end.
-_CUT_DATA = [[_T, _T, _T], [_T, _T, _T], [_T, _T, _T], [_T, _B, _T], [_T, _B, _T]]
-_CUT_DATA += [[_U, _B, _U], [_D, _B, _U]]  # after 354 the whole body and dot went out
-_CUT_BDAT = [*_CUT_DATA[:4], [_U, _B, _U], [_D, _B, _U]]  # BDAT LAST after the RCPTs
+_CUT_DATA = [[_TR, _TR, _TR], [_TR, _TR, _TR], [_TD, _TR, _TR], [_TD, _B, _TR]]
+_CUT_DATA += [[_TD, _B, _TD]]
+_CUT_DATA += [[_UD, _B, _UD], [_D, _B, _UD]]  # after 354 the whole body and dot went out
+_CUT_BDAT = [*_CUT_DATA[:4], [_UD, _B, _UD], [_D, _B, _UD]]  # BDAT LAST after the RCPTs
 # Pipelined BDAT: the envelope and the whole (small) message went out in one write, so
 # a recipient without a reply may have been delivered: UNKNOWN, never TEMPORARY.
-_CUT_PIPE_BDAT = [[_U, _U, _U], [_U, _U, _U], [_U, _U, _U], [_U, _B, _U], [_U, _B, _U]]
-_CUT_PIPE_BDAT += [[_D, _B, _U]]
+_CUT_PIPE_BDAT = [[_UR, _UR, _UR], [_UR, _UR, _UR], [_UD, _UR, _UR], [_UD, _B, _UR]]
+_CUT_PIPE_BDAT += [[_UD, _B, _UD], [_D, _B, _UD]]
+
+
+# (name, replies, outcomes, how many transaction replies come before the end of data
+# goes out, whether the client queues it in next_event() as it reads them (a BDAT
+# chunk) rather than in end_body(), which the driver writes before it reads again)
+_CUT_MODES: list[tuple[str, list[bytes], list[list[Outcome]], int, bool]] = [
+    ("data", _REPLIES_DATA, _CUT_DATA, 5, False),
+    ("pipelined-data", [GREETING, lhlo("PIPELINING"), *_REPLIES_DATA[2:]], _CUT_DATA, 5, False),
+    ("bdat", _REPLIES_BDAT, _CUT_BDAT, 4, True),
+    ("pipelined-bdat", _REPLIES_PIPE_BDAT, _CUT_PIPE_BDAT, 0, True),
+]
 
 
 def _cut_cases() -> list[object]:
+    """Every mode, every k and every end, with the server's segments: the hello (or
+    what came of it) | the replies before the end of data goes out | the rest, one
+    segment a reply without PIPELINING. send_failed says the last write failed: it is
+    left out once a reply that comes only after the end of data was read (the server had
+    it then), the last row of each table."""
     cases: list[object] = []
-    for mode, replies, table in [
-        ("data", _REPLIES_DATA, _CUT_DATA),
-        ("pipelined-data", [GREETING, lhlo("PIPELINING"), *_REPLIES_DATA[2:]], _CUT_DATA),
-        ("bdat", _REPLIES_BDAT, _CUT_BDAT),
-        ("pipelined-bdat", _REPLIES_PIPE_BDAT, _CUT_PIPE_BDAT),
-    ]:
+    for mode, replies, table, end_at, in_read in _CUT_MODES:
+        exts = ("PIPELINING",) if b"PIPELINING" in replies[1] else ()
         for k in range(len(replies)):
+            cut = min(k, 2 + end_at)
+            segments = stream_of(exts, replies[2:cut], replies[cut:k])
+            segments[0] = b"".join(replies[: min(k, 2)])
             expected = table[k - 2] if k >= 2 else None
-            cases.append(pytest.param(replies, k, expected, id=f"{mode}-after-{k}-replies"))
+            for end in ENDS:
+                if end == "send_failed" and k - 2 == len(table) - 1:
+                    continue
+                unwritten = end == "abort_unwritten" and in_read and k - 2 == end_at
+                param = (segments, expected, end, unwritten)
+                cases.append(pytest.param(*param, id=f"{mode}-after-{k}-replies-{end}"))
     return cases
 
 
-@pytest.mark.parametrize("end", ["eof", "abort"])
-@pytest.mark.parametrize(("replies", "k", "expected"), _cut_cases())
+def _temporary(outcomes: list[Outcome]) -> list[Outcome]:
+    """The outcomes with UNKNOWN made TEMPORARY: the end of data was never written."""
+    return [(TMP if status is UNK else status, code, stage) for status, code, stage in outcomes]
+
+
+@pytest.mark.parametrize(("segments", "expected", "end", "unwritten"), _cut_cases())
 def test_connection_ends_after_k_replies(
-    replies: list[bytes], k: int, expected: list[Outcome] | None, end: str
+    segments: list[bytes], expected: list[Outcome] | None, end: str, unwritten: bool
 ) -> None:
-    segments = [b"".join(replies[: min(k, 2)]), b"".join(replies[2:k])]  # hello | the rest
     run = run_splits(segments, Txn([A, B, C]), end=end)
     closed = run.closed
     assert closed.reply is None and closed.error is None
-    if end == "abort":
-        assert closed.reason == "read timeout"
+    assert closed.reason == ENDS[end]
     assert run.conn.state is ClientState.CLOSED
     if expected is None:  # before the session was open: nothing to settle
         assert len(run.events) == 1
         return
     assert isinstance(run.events[0], Ready)
+    # send_failed: every write that carried the end of data was the last write, so the
+    # failed one. abort_unwritten: the driver gave up before writing the end of data.
+    if end == "send_failed" or unwritten:
+        expected = _temporary(expected)
     assert outcomes(run.result) == expected
     assert run.events[1] is run.result and len(run.events) == 3
 
 
-@pytest.mark.parametrize("end", ["eof", "abort"])
+@pytest.mark.parametrize("end", ["eof", "abort", "send_failed"])
 def test_connection_ends_during_the_body(end: str) -> None:
     conn = ready("PIPELINING")
     conn.start_transaction(SENDER, [A, B])
@@ -792,11 +866,13 @@ def test_connection_ends_during_the_body(end: str) -> None:
     conn.send_body(b"half a mess")
     if end == "eof":
         conn.receive_eof()
-    else:
+    elif end == "abort":
         conn.abort("write failed")
+    else:
+        conn.send_failed("write failed")
     result = conn.next_event()
     assert isinstance(result, TransactionResult)
-    assert outcomes(result) == [_T, _B]
+    assert outcomes(result) == [_TD, _B]
     closed = conn.next_event()
     assert isinstance(closed, ConnectionClosed)
     assert end == "eof" or closed.reason == "write failed"
@@ -816,7 +892,7 @@ def test_connection_ends_with_a_full_chunk_waiting() -> None:
     conn.receive_data(r(250) * 2)
     assert conn.next_event() is Signal.NEED_DATA  # still waiting for the chunk's reply
     conn.receive_eof()
-    assert outcomes(conn.next_event()) == [_T]  # type: ignore[arg-type]
+    assert outcomes(conn.next_event()) == [_TD]  # type: ignore[arg-type]
     assert isinstance(conn.next_event(), ConnectionClosed)
 
 
@@ -834,14 +910,201 @@ def test_eof_and_abort_when_idle_or_closed() -> None:
         conn.next_event()
 
 
+# ---- a failed write, and when the end of data counts as written ---------------------
+
+
+# Recipients a, b, c, each way the end of data goes out: the transaction's replies
+# before it goes out, those after it (with pipelined BDAT, the envelope's: c's never
+# comes), and the outcomes once it was written and nothing more came.
+_ENVELOPE = [r(250), r(250), r(550), r(250)]  # MAIL, RCPT a, b, c
+_END_MODES = {
+    "data": ((), [*_ENVELOPE, r(354)], [], [_UD, _B, _UD]),
+    "pipelined-data": (("PIPELINING",), [*_ENVELOPE, r(354)], [], [_UD, _B, _UD]),
+    "bdat": (("CHUNKING",), _ENVELOPE, [], [_UD, _B, _UD]),
+    "pipelined-bdat": (("PIPELINING", "CHUNKING"), [], _ENVELOPE[:3], [_UD, _B, _UR]),
+}
+_END_IDS = list(_END_MODES)
+_END_PARAMS = list(_END_MODES.values())
+_END_EXTS = [exts for exts, *_ in _END_PARAMS]
+
+
+def _end_of_data(write: bytes) -> bool:
+    return write.endswith(b"\r\n.\r\n") or b" LAST\r\n" in write
+
+
+@pytest.mark.parametrize("end", ["send_failed", "abort"])
+@pytest.mark.parametrize(("exts", "before", "after", "written"), _END_PARAMS, ids=_END_IDS)
+def test_a_failed_write_that_carried_the_end_of_data_is_temporary(
+    exts: tuple[str, ...],
+    before: list[bytes],
+    after: list[bytes],
+    written: list[Outcome],
+    end: str,
+) -> None:
+    """send_failed(): the last write, which held the final dot or BDAT LAST, failed, so
+    the server cannot have the message: TEMPORARY. abort() after that write: UNKNOWN."""
+    run = run_splits(stream_of(exts, before, after), Txn([A, B, C]), end=end)
+    writes = [f for f in run.flushes[:-1] if f]
+    assert _end_of_data(writes[-1]), writes
+    assert run.flushes[-1] == b""
+    assert run.closed.reason == ENDS[end]
+    assert outcomes(run.result) == (_temporary(written) if end == "send_failed" else written)
+
+
+@pytest.mark.parametrize("exts", _END_EXTS, ids=_END_IDS)
+def test_a_failed_write_before_the_end_of_data_is_temporary(exts: tuple[str, ...]) -> None:
+    """send_failed() for a write that did not carry the end of data: TEMPORARY, and the
+    end of data is never queued. With DATA the body's last write fails before
+    end_body(); with BDAT the second of three chunks fails."""
+    if "CHUNKING" in exts:
+        stream = stream_of(exts, [*_ENVELOPE, r(250, "chunk")])
+        kwargs: dict[str, object] = {"end": "send_failed", "limits": Limits(bdat_chunk=64)}
+        body = [b"x" * 148 + b"\n"]
+    else:
+        stream = stream_of(exts, [*_ENVELOPE, r(354)])
+        kwargs = {"body_end": "send_failed"}
+        body = [BODY]
+    run = run_splits(stream, Txn([A, B, C], body=body), **kwargs)
+    writes = [f for f in run.flushes if f]
+    assert not any(_end_of_data(f) for f in writes), writes
+    if "CHUNKING" in exts:  # the second chunk was the last write
+        assert run.written.count(b"BDAT ") == 2
+        assert writes[-1].endswith(b"BDAT 64\r\n" + b"x" * 64)
+    else:
+        assert writes[-1].endswith(BODY)
+    assert run.closed.reason == "write failed"
+    assert outcomes(run.result) == [_TD, _B, _TD]
+
+
+@pytest.mark.parametrize(("exts", "before", "after", "written"), _END_PARAMS, ids=_END_IDS)
+def test_abort_after_end_body_before_the_end_is_handed_out_is_temporary(
+    exts: tuple[str, ...], before: list[bytes], after: list[bytes], written: list[Outcome]
+) -> None:
+    """The end of data counts as written only once data_to_send() handed it out. With
+    DATA, end_body() queues the final dot and abort() comes before the next
+    data_to_send(). With BDAT, next_event() queues the LAST chunk after end_body(), and
+    abort() comes before the data_to_send() that would hand it out. Nothing is handed
+    out after."""
+    stream = stream_of(exts, before)  # the replies after the end never come
+    if "CHUNKING" in exts:
+        run = run_splits(stream, Txn([A, B, C]), end="abort_unwritten")
+    else:
+        run = run_splits(stream, Txn([A, B, C]), body_end="end_abort", end="stop")
+    assert run.closed.reason == "write timeout"
+    assert not any(_end_of_data(f) for f in run.flushes), run.flushes
+    if not before:  # pipelined BDAT: the envelope never went out either
+        assert run.written == LHLO
+        assert outcomes(run.result) == [_TR] * 3
+    else:
+        assert run.written.endswith(rcpt(C) if "CHUNKING" in exts else DATA + BODY)
+        assert outcomes(run.result) == _temporary(written)
+
+
+def test_the_end_of_data_counts_as_written_once_handed_out() -> None:
+    # DATA: end_body() queues the dot, data_to_send() hands it out.
+    for end in ["abort", "send_failed"]:
+        for handed_out in [False, True]:
+            conn = ready("PIPELINING")
+            conn.start_transaction(SENDER, [A])
+            conn.data_to_send()
+            conn.receive_data(r(250) * 2 + r(354))
+            assert conn.next_event() is Signal.NEED_BODY
+            conn.send_body(BODY)
+            conn.end_body()
+            if handed_out:
+                assert conn.data_to_send() == BODY + b".\r\n"
+                assert conn.data_to_send() == b""  # an empty result is no write
+                assert conn.next_event() is Signal.NEED_DATA
+            getattr(conn, end)("gone")
+            result = conn.next_event()
+            assert isinstance(result, TransactionResult)
+            unknown = handed_out and end == "abort"
+            assert outcomes(result) == [_UD if unknown else _TD], (end, handed_out)
+            assert isinstance(conn.next_event(), ConnectionClosed)
+
+
+def test_send_failed_after_connection_closed_changes_nothing() -> None:
+    stream = [hello("PIPELINING"), r(250) * 2 + r(550) + r(250) + r(354)]
+    for chunks in splits(stream):
+        run = drive(chunks, Txn([A, B, C]))  # the end of data went out, then end of file
+        assert outcomes(run.result) == [_UD, _B, _UD]
+        conn = run.conn
+        count = conn.replies_received
+        conn.send_failed("too late")
+        conn.abort("too late")
+        assert conn.state is ClientState.CLOSED
+        assert conn.data_to_send() == b""
+        assert conn.replies_received == count
+        with pytest.raises(LocalProtocolError):
+            conn.next_event()
+        assert outcomes(run.result) == [_UD, _B, _UD]
+
+
+def test_send_failed_with_no_transaction_just_closes() -> None:
+    # Idle after a delivered transaction (whose dot was the last write), and idle at once.
+    stream = [hello("PIPELINING"), r(250) * 2 + r(354) + r(250)]
+    for chunks in splits(stream):
+        run = drive(chunks, Txn([A]), end="stop")
+        assert outcomes(run.result) == [(DEL, 250, DT)]
+        run.conn.send_failed("write failed")
+        closed = run.conn.next_event()
+        assert isinstance(closed, ConnectionClosed), closed
+        assert (closed.reason, closed.reply, closed.error) == ("write failed", None, None)
+    for conn in [ready(), client()]:
+        conn.send_failed("write failed")
+        closed = conn.next_event()
+        assert isinstance(closed, ConnectionClosed), closed
+        assert closed.reason == "write failed"
+        assert conn.state is ClientState.CLOSED
+
+
+@pytest.mark.parametrize("exts", [("PIPELINING",), ("PIPELINING", "CHUNKING")])
+def test_nothing_is_handed_out_after_the_end_of_data_was_settled_unsent(
+    exts: tuple[str, ...],
+) -> None:
+    conn = ready(*exts)
+    conn.start_transaction(SENDER, [A])
+    if "CHUNKING" not in exts:
+        conn.data_to_send()
+        conn.receive_data(r(250) * 2 + r(354))
+    assert conn.next_event() is Signal.NEED_BODY
+    conn.send_body(BODY)
+    conn.end_body()
+    if "CHUNKING" in exts:
+        assert conn.next_event() is Signal.NEED_DATA  # the LAST chunk is queued
+    conn.abort("write timeout")
+    result = conn.next_event()
+    assert isinstance(result, TransactionResult)
+    assert result.recipients[0].status is TMP
+    assert conn.data_to_send() == b""
+
+
+def test_an_end_of_data_never_handed_out_does_not_mark_the_next_transaction() -> None:
+    conn = ready("PIPELINING")
+    conn.start_transaction(SENDER, [A])
+    conn.data_to_send()
+    conn.receive_data(r(250) * 2 + r(354))
+    assert conn.next_event() is Signal.NEED_BODY
+    conn.end_body()  # the dot is queued, and the driver has not written it yet ...
+    conn.receive_data(r(250))  # ... when the (hostile) server answers
+    assert isinstance(conn.next_event(), TransactionResult)
+    conn.start_transaction(SENDER, [B])
+    assert conn.phase is Phase.MAIL
+    assert conn.data_to_send().endswith(MAIL + rcpt(B) + DATA)
+    conn.abort("gone")  # B's end of data was never even queued
+    result = conn.next_event()
+    assert isinstance(result, TransactionResult)
+    assert outcomes(result) == [_TR]
+
+
 # 421 mid-transaction (no pipelining): (replies before the 421, MAIL's first; outcomes)
 _421_CASES = [
     ([], [(TMP, 421, RC)] * 3),  # to MAIL
-    ([r(250)], [(TMP, 421, RC), _T, _T]),  # to RCPT a
-    ([r(250), r(250)], [_T, (TMP, 421, RC), _T]),  # to RCPT b
-    ([r(250), r(250), r(550)], [_T, _B, (TMP, 421, RC)]),  # to RCPT c
+    ([r(250)], [(TMP, 421, RC), _TR, _TR]),  # to RCPT a
+    ([r(250), r(250)], [_TD, (TMP, 421, RC), _TR]),  # to RCPT b
+    ([r(250), r(250), r(550)], [_TD, _B, (TMP, 421, RC)]),  # to RCPT c
     ([r(250), r(250), r(550), r(250)], [(TMP, 421, DT), _B, (TMP, 421, DT)]),  # to DATA
-    ([r(250), r(250), r(550), r(250), r(354)], [(TMP, 421, DT), _B, _U]),  # final a
+    ([r(250), r(250), r(550), r(250), r(354)], [(TMP, 421, DT), _B, _UD]),  # final a
     ([r(250), r(250), r(550), r(250), r(354), r(250)], [_D, _B, (TMP, 421, DT)]),  # final c
 ]
 _421_IDS = ["mail", "rcpt-a", "rcpt-b", "rcpt-c", "data", "final-a", "final-c"]
@@ -852,8 +1115,7 @@ _421_IDS = ["mail", "rcpt-a", "rcpt-b", "rcpt-c", "data", "final-a", "final-c"]
 def test_421_settles_and_closes(
     before: list[bytes], expected: list[Outcome], exts: tuple[str, ...]
 ) -> None:
-    stream = [GREETING + lhlo(*exts), b"".join([*before, r(421, "bye")])]
-    run = run_splits(stream, Txn([A, B, C]), end="stop")
+    run = run_splits(stream_of(exts, [*before, r(421, "bye")]), Txn([A, B, C]), end="stop")
     assert outcomes(run.result) == expected
     assert run.closed.reply == Reply(421, None, "bye")
     assert run.conn.state is ClientState.CLOSED
@@ -867,6 +1129,16 @@ def test_nothing_is_written_after_a_421(before: list[bytes], expected: list[Outc
     run = drive([GREETING, lhlo(), *before, r(421, "bye")], Txn([A, B, C]), end="stop")
     assert isinstance(run.closed, ConnectionClosed)
     assert run.flushes[-1] == b""
+
+
+def test_421_to_bdat_last_when_nobody_was_accepted() -> None:
+    # The 421 answers the chunk (no recipient is waiting for a reply after the data).
+    stream = [hello("PIPELINING", "CHUNKING"), r(250) + r(550) + r(421, "bye")]
+    run = run_splits(stream, Txn([A]), end="stop")
+    assert outcomes(run.result) == [_B]
+    assert run.closed.reply == Reply(421, None, "bye")
+    assert run.written == LHLO + MAIL + rcpt(A) + bdat(BODY)  # no RSET after a 421
+    assert run.conn.replies_received == 5
 
 
 def test_421_to_rset_closes() -> None:
@@ -1245,8 +1517,14 @@ def test_eight_bit_flag() -> None:
         conn.send_body(b"caf\xc3\xa9\r\n")
 
 
-@pytest.mark.parametrize("exts", [("PIPELINING",), ("PIPELINING", "CHUNKING")])
-def test_eight_bit_body_without_8bitmime_raises_and_settles(exts: tuple[str, ...]) -> None:
+# With DATA, a was accepted before the body; with pipelined BDAT the envelope waits for
+# the first chunk, so the client never read those replies: a's RCPT reply never came.
+@pytest.mark.parametrize(
+    ("exts", "expected"), [(("PIPELINING",), _TD), (("PIPELINING", "CHUNKING"), _TR)]
+)
+def test_eight_bit_body_without_8bitmime_raises_and_settles(
+    exts: tuple[str, ...], expected: Outcome
+) -> None:
     conn = ready(*exts)
     conn.start_transaction(SENDER, [A])
     conn.receive_data(r(250) * 2 + (b"" if "CHUNKING" in exts else r(354)))
@@ -1256,7 +1534,9 @@ def test_eight_bit_body_without_8bitmime_raises_and_settles(exts: tuple[str, ...
         conn.send_body(b"caf\xc3\xa9\r\n")
     result = conn.next_event()
     assert isinstance(result, TransactionResult)
-    assert outcomes(result) == [_T]
+    assert outcomes(result) == [expected]
+    # greeting and LHLO, then MAIL, RCPT and 354 unless the replies were never read
+    assert conn.replies_received == (5 if expected is _TD else 2)
     assert isinstance(conn.next_event(), ConnectionClosed)
 
 
@@ -1268,7 +1548,7 @@ def test_long_body_line_raises_by_default() -> None:
     conn.send_body(b"x" * 998 + b"\r\n")  # 1000 octets with CRLF: the limit
     with pytest.raises(LocalProtocolError):
         conn.send_body(b"y" * 999 + b"\r\n")
-    assert outcomes(conn.next_event()) == [_T]  # type: ignore[arg-type]
+    assert outcomes(conn.next_event()) == [_TD]  # type: ignore[arg-type]
     assert isinstance(conn.next_event(), ConnectionClosed)
 
 
@@ -1285,7 +1565,7 @@ def test_long_last_line_raises_at_end_body_and_settles_like_send_body() -> None:
         conn.end_body()
     event = event_or_error(conn)
     assert isinstance(event, TransactionResult), event
-    assert outcomes(event) == [_T]
+    assert outcomes(event) == [_TD]
 
 
 def test_long_lines_allowed() -> None:
@@ -1382,7 +1662,7 @@ def _in_transaction(final: bytes) -> list[bytes]:
 )
 def test_malformed_reply_settles_and_closes(bad: bytes) -> None:
     run = run_splits(_in_transaction(bad), Txn([A, B]))
-    assert outcomes(run.result) == [_U, _B]
+    assert outcomes(run.result) == [_UD, _B]
     assert isinstance(run.closed.error, RemoteProtocolError)
     assert run.closed.reply is None
     # at the greeting: nothing to settle
@@ -1414,7 +1694,7 @@ def test_no_crlf_for_100k_closes_in_bounded_memory() -> None:
     assert fed <= 512 + 2 * 100
     # one 100 KB read in a transaction
     run = drive(_in_transaction(b"250 " + b"z" * 100_000), Txn([A, B]))
-    assert outcomes(run.result) == [_U, _B]
+    assert outcomes(run.result) == [_UD, _B]
     assert isinstance(run.closed.error, RemoteProtocolError)
 
 
@@ -1434,7 +1714,7 @@ def test_endless_continuation_lines_close() -> None:
     assert isinstance(run.closed.error, RemoteProtocolError)
     assert lines <= Limits().reply_lines + 11
     run = drive(_in_transaction(b"250-more\r\n" * 200), Txn([A, B]))
-    assert outcomes(run.result) == [_U, _B]
+    assert outcomes(run.result) == [_UD, _B]
     assert isinstance(run.closed.error, RemoteProtocolError)
 
 
@@ -1451,14 +1731,14 @@ def test_reply_line_limit() -> None:
     run = drive(_in_transaction(fits), Txn([A, B]), limits=limits)
     assert outcomes(run.result)[0][0] is DEL
     run = drive(_in_transaction(b"250 " + b"x" * 59 + b"\r\n"), Txn([A, B]), limits=limits)
-    assert outcomes(run.result) == [_U, _B]
+    assert outcomes(run.result) == [_UD, _B]
     assert isinstance(run.closed.error, RemoteProtocolError)
 
 
 def test_fewer_final_replies_then_eof() -> None:
     stream = [hello("PIPELINING"), r(250) + r(250) * 3 + r(354) + r(250) + r(451)]
     run = run_splits(stream, Txn([A, B, C]))
-    assert outcomes(run.result) == [_D, (TMP, 451, DT), _U]
+    assert outcomes(run.result) == [_D, (TMP, 451, DT), _UD]
     assert run.closed.error is None
 
 
@@ -1599,20 +1879,29 @@ def test_reusable_only_when_ready() -> None:
 
 
 def test_phase_along_a_session_without_pipelining() -> None:
+    # A driver writes data_to_send() before it waits: so does this test.
     conn = client()
     assert conn.phase is Phase.GREETING
     conn.receive_data(GREETING)
     assert conn.next_event() is Signal.NEED_DATA
+    assert conn.data_to_send() == LHLO
     assert conn.phase is Phase.LHLO
     conn.receive_data(lhlo())
     assert isinstance(conn.next_event(), Ready)
     assert conn.phase is Phase.COMMAND
     conn.start_transaction(SENDER, [A, B])
     assert conn.phase is Phase.MAIL
-    steps = [(r(250), Phase.RCPT), (r(250), Phase.RCPT), (r(250), Phase.DATA_INIT)]
-    for reply, phase in steps:
+    assert conn.data_to_send() == MAIL
+    steps = [
+        (r(250), Phase.RCPT, rcpt(A)),
+        (r(250), Phase.RCPT, rcpt(B)),
+        (r(250), Phase.DATA_INIT, DATA),
+    ]
+    for reply, phase, command in steps:
         conn.receive_data(reply)
         assert conn.next_event() is Signal.NEED_DATA
+        assert conn.phase is phase
+        assert conn.data_to_send() == command
         assert conn.phase is phase
     conn.receive_data(r(354))
     assert conn.next_event() is Signal.NEED_BODY
@@ -1620,7 +1909,10 @@ def test_phase_along_a_session_without_pipelining() -> None:
     conn.send_body(BODY)
     assert conn.phase is Phase.DATA_BLOCK
     conn.end_body()
-    assert conn.phase is Phase.DATA_END
+    assert conn.phase is Phase.DATA_END  # queued
+    assert conn.data_to_send() == BODY + b".\r\n"
+    assert conn.phase is Phase.DATA_END  # handed out
+    assert conn.next_event() is Signal.NEED_DATA
     conn.receive_data(r(250))
     assert conn.next_event() is Signal.NEED_DATA
     assert conn.phase is Phase.DATA_END
@@ -1628,15 +1920,44 @@ def test_phase_along_a_session_without_pipelining() -> None:
     assert isinstance(conn.next_event(), TransactionResult)
     assert conn.phase is Phase.COMMAND
     conn.start_transaction(SENDER, [A])
-    conn.receive_data(r(250) + r(550))
+    assert conn.phase is Phase.MAIL
+    assert conn.data_to_send() == MAIL
+    conn.receive_data(r(250))
+    assert conn.next_event() is Signal.NEED_DATA
+    assert conn.data_to_send() == rcpt(A)
+    conn.receive_data(r(550))
     assert conn.next_event() is Signal.NEED_DATA
     assert conn.phase is Phase.COMMAND  # RSET
+    assert conn.data_to_send() == RSET
     conn.receive_data(r(250))
     assert isinstance(conn.next_event(), TransactionResult)
     conn.quit()
     assert conn.phase is Phase.COMMAND
+    assert conn.data_to_send() == QUIT
     conn.receive_data(r(221))
     assert isinstance(conn.next_event(), ConnectionClosed)
+    assert conn.replies_received == 12
+
+
+def test_phase_is_data_end_once_the_end_of_data_is_queued() -> None:
+    conn = ready("PIPELINING", "CHUNKING")
+    conn.start_transaction(SENDER, [A, B])
+    assert conn.phase is Phase.MAIL
+    assert conn.next_event() is Signal.NEED_BODY
+    conn.send_body(BODY)
+    conn.end_body()
+    assert conn.phase is Phase.MAIL  # the last chunk is not made yet
+    assert conn.next_event() is Signal.NEED_DATA
+    assert conn.phase is Phase.DATA_END  # BDAT LAST is queued, before the MAIL reply
+    assert conn.data_to_send() == MAIL + rcpt(A) + rcpt(B) + bdat(BODY)
+    for reply in [r(250), r(250), r(550), r(250)]:  # MAIL, RCPT a, RCPT b, a's final
+        assert conn.phase is Phase.DATA_END
+        conn.receive_data(reply)
+        event = conn.next_event()
+    assert isinstance(event, TransactionResult)
+    assert outcomes(event) == [(DEL, 250, DT), (PRM, 550, RC)]
+    assert conn.phase is Phase.COMMAND
+    assert conn.replies_received == 6
 
 
 def test_phase_along_a_pipelined_bdat_transaction() -> None:
@@ -1664,6 +1985,95 @@ def test_phase_along_a_pipelined_bdat_transaction() -> None:
     conn.receive_data(r(250))
     assert isinstance(conn.next_event(), TransactionResult)
     assert conn.phase is Phase.COMMAND
+
+
+# Two recipients, both delivered: each way, the transaction's replies and the phase
+# once the client has read n replies (greeting and LHLO first, QUIT's last).
+_G, _L, _M, _R, _I, _E, _K = (
+    Phase.GREETING,
+    Phase.LHLO,
+    Phase.MAIL,
+    Phase.RCPT,
+    Phase.DATA_INIT,
+    Phase.DATA_END,
+    Phase.COMMAND,
+)
+_PHASE_MODES = [
+    ((), [r(250)] * 3 + [r(354), r(250), r(250)], [_G, _L, _M, _R, _R, _I, _E, _E, _K]),
+    (
+        ("PIPELINING",),
+        [r(250)] * 3 + [r(354), r(250), r(250)],
+        [_G, _L, _M, _R, _R, _I, _E, _E, _K],
+    ),
+    (("CHUNKING",), [r(250)] * 5, [_G, _L, _M, _R, _R, _E, _E, _K]),
+    # The whole message goes out with the envelope: every reply may wait for it.
+    (("PIPELINING", "CHUNKING"), [r(250)] * 5, [_G, _L, _E, _E, _E, _E, _E, _K]),
+]
+
+
+def count_replies(data: bytes) -> int:
+    """How many complete replies well-formed server bytes hold."""
+    return sum(1 for line in data.split(b"\r\n")[:-1] if line[3:4] != b"-")
+
+
+@pytest.mark.parametrize(
+    ("exts", "replies", "phases"),
+    _PHASE_MODES,
+    ids=["data", "pipelined-data", "bdat", "pipelined-bdat"],
+)
+def test_phase_and_replies_received_at_every_read(
+    exts: tuple[str, ...], replies: list[bytes], phases: list[Phase]
+) -> None:
+    stream = [*stream_of(exts, replies), r(221, "bye")]
+    for chunks in splits(stream):
+        run = drive(chunks, Txn([A, B]), then_quit=True)
+        assert run.result.all_delivered
+        assert run.closed.reason == "quit"
+        fed = [count_replies(b"".join(chunks[:i])) for i in range(len(run.received))]
+        assert run.received == fed
+        assert run.phases == [phases[n] for n in run.received]
+        assert run.conn.replies_received == len(phases)
+
+
+def test_replies_received_counts_every_reply() -> None:
+    stream = [
+        hello("PIPELINING"),
+        r(250) * 3 + r(354) + r(250) + b"550-full\r\n550 really\r\n",  # a, b
+        r(250) + r(450) + r(503) + r(250, "reset"),  # c refused: RSET
+        r(250) * 2 + r(354) + r(250),  # a
+        r(221, "bye"),
+    ]
+    txns = [Txn([A, B]), Txn([C]), Txn([A])]
+    total = 2 + 6 + 4 + 4 + 1
+    assert count_replies(b"".join(stream)) == total
+    for i, chunks in enumerate(splits(stream)):
+        run = drive(chunks, *txns, then_quit=True)
+        assert run.closed.reason == "quit"
+        assert run.received == [count_replies(b"".join(chunks[:k])) for k in range(len(chunks))]
+        assert run.conn.replies_received == total
+        if i == 0:  # each segment whole: one read gives several replies
+            assert run.received == [0, 2, 8, 12, 16]
+
+
+@pytest.mark.parametrize(
+    ("stream", "recipients", "received"),
+    [
+        ([hello(), r(421, "bye")], [A], 3),  # 421 to MAIL
+        ([hello("PIPELINING"), r(250) + r(354, "what?")], [A], 4),  # 354 to RCPT: counted
+        (_in_transaction(b"abc\r\n"), [A, B], 6),  # a malformed line is no reply
+        (_in_transaction(b"250-a\r\n551 b\r\n"), [A, B], 6),
+        ([hello("PIPELINING"), r(250) * 2 + r(354) + r(250) + r(250, "extra")], [A], 6),
+    ],
+    ids=["421", "354-to-rcpt", "malformed", "mixed-codes", "unsolicited"],
+)
+def test_replies_received_counts_what_was_read_as_a_reply(
+    stream: list[bytes], recipients: list[str], received: int
+) -> None:
+    for chunks in splits(stream):
+        run = drive(chunks, Txn(recipients), end="stop")
+        assert isinstance(closed_after(run), ConnectionClosed)
+        assert run.conn.state is ClientState.CLOSED
+        assert run.conn.replies_received == received
 
 
 # ---- the state sweep ----------------------------------------------------------------
@@ -1822,6 +2232,9 @@ def _call_strategy() -> st.SearchStrategy[Call]:
     def abort(reason: str) -> Call:
         return ("abort", lambda c: c.abort(reason), 0)
 
+    def send_failed(reason: str) -> Call:
+        return ("send_failed", lambda c: c.send_failed(reason), 0)
+
     return st.one_of(
         st.builds(
             start,
@@ -1839,6 +2252,7 @@ def _call_strategy() -> st.SearchStrategy[Call]:
         ),
         st.builds(receive, st.one_of(server_bytes, st.sampled_from(_REPLIES))),
         st.builds(abort, st.text(max_size=5)),
+        st.builds(send_failed, st.text(max_size=5)),
         st.sampled_from(
             [
                 ("end_body", lambda c: c.end_body(), 0),
@@ -1858,7 +2272,7 @@ def _apply(conn: ClientConnection, name: str, call: Callable[[ClientConnection],
     """Make `call`; it works or raises LocalProtocolError, and then (except for a body
     the session cannot carry) nothing was queued and nothing changed."""
     conn.data_to_send()
-    state, phase = conn.state, conn.phase
+    state, phase, received = conn.state, conn.phase, conn.replies_received
     try:
         call(conn)
     except LocalProtocolError:
@@ -1869,6 +2283,7 @@ def _apply(conn: ClientConnection, name: str, call: Callable[[ClientConnection],
         if name == "receive_data":
             assert state is ClientState.TLS_HANDSHAKE
     assert isinstance(conn.phase, Phase)
+    assert conn.replies_received >= received
 
 
 def _drain(conn: ClientConnection, recipients: int) -> None:
@@ -1885,8 +2300,11 @@ def _drain(conn: ClientConnection, recipients: int) -> None:
         if isinstance(event, TransactionResult):
             assert len(event.recipients) == recipients
             for x in event.recipients:
+                assert x.stage in (RC, DT)
                 if x.status is DEL:
                     assert x.reply is not None and 200 <= x.reply.code < 300
+                if x.reply is None:
+                    assert x.status in (TMP, UNK)
         if isinstance(event, ConnectionClosed):
             assert conn.state is ClientState.CLOSED
 
@@ -1900,6 +2318,7 @@ _CANONICAL: list[Call] = [
     ("receive_data", lambda c: c.receive_data(r(250)), 0),
     ("receive_eof", lambda c: c.receive_eof(), 0),
     ("abort", lambda c: c.abort("deadline"), 0),
+    ("send_failed", lambda c: c.send_failed("write failed"), 0),
     ("next_event", lambda c: c.next_event(), 0),
 ]
 
@@ -1979,3 +2398,39 @@ def test_an_absurd_size_parameter_is_no_limit_not_a_crash() -> None:
     assert isinstance(event, Ready)
     assert event.capabilities.size is None
     conn.start_transaction("s@example.net", ["a@example.org"], size=10)  # no ValueError
+
+
+def test_send_failed_after_a_final_reply_keeps_the_others_unknown() -> None:
+    # a's final reply proves the dot arrived: a failed write cannot make b TEMPORARY.
+    conn = ready("PIPELINING")
+    conn.start_transaction(SENDER, [A, B])
+    conn.data_to_send()
+    conn.receive_data(r(250) * 3 + r(354))
+    assert conn.next_event() is Signal.NEED_BODY
+    conn.send_body(BODY)
+    conn.end_body()
+    assert conn.data_to_send() == BODY + b".\r\n"
+    conn.receive_data(r(250))  # a's final reply
+    assert conn.next_event() is Signal.NEED_DATA
+    conn.send_failed("write failed")
+    result = conn.next_event()
+    assert isinstance(result, TransactionResult)
+    assert outcomes(result) == [(DEL, 250, DT), _UD]
+
+
+def test_phase_of_the_rset_after_a_refused_pipelined_bdat_is_command() -> None:
+    conn = ready("PIPELINING", "CHUNKING")
+    conn.start_transaction(SENDER, [A])
+    assert conn.next_event() is Signal.NEED_BODY
+    conn.send_body(BODY)
+    conn.end_body()
+    assert conn.next_event() is Signal.NEED_DATA
+    conn.data_to_send()
+    conn.receive_data(r(250) + r(550) + r(554, "no valid recipients"))
+    assert conn.next_event() is Signal.NEED_DATA  # RSET is due, then its reply
+    assert conn.data_to_send() == b"RSET\r\n"
+    assert conn.phase is Phase.COMMAND
+    conn.receive_data(r(250))
+    result = conn.next_event()
+    assert isinstance(result, TransactionResult)
+    assert outcomes(result) == [(PRM, 550, RC)]

@@ -231,7 +231,7 @@ def replies_after_body(transcript: list[tuple[str, bytes]]) -> list[bytes]:
     return out
 
 
-def outcomes(result: TransactionResult) -> list[tuple[str, Status, Stage | None, str | None]]:
+def outcomes(result: TransactionResult) -> list[tuple[str, Status, Stage, str | None]]:
     return [
         (r.recipient, r.status, r.stage, f"{r.reply.code} {r.reply.text}" if r.reply else None)
         for r in result.recipients
@@ -319,8 +319,8 @@ def test_one_reply_for_three_recipients_leaves_two_unknown(socket_dir: Path, run
 
     assert outcomes(result) == [
         (ALICE, Status.DELIVERED, Stage.DATA, "250 Message accepted for delivery"),
-        (QUOTA, Status.UNKNOWN, None, None),
-        (TEMPQUOTA, Status.UNKNOWN, None, None),
+        (QUOTA, Status.UNKNOWN, Stage.DATA, None),  # accepted at RCPT, then no reply
+        (TEMPQUOTA, Status.UNKNOWN, Stage.DATA, None),
     ]
     assert [r.recipient for r in result.retry] == [QUOTA, TEMPQUOTA]
     # It waited for the missing replies (data_end), and not much longer.

@@ -5,9 +5,8 @@ from __future__ import annotations
 import trio
 
 from lmtp_core import MailFrom, Reply
-from transports import Handler, Timeouts
+from transports import Handler, Timeouts, blocking
 from transports import asyncio as aio
-from transports import blocking
 from transports import trio as tr
 
 
