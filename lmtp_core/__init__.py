@@ -5,7 +5,7 @@ Re-exports only; see the README for how to drive a connection.
 
 from ._body import BareLineEndings, LongLines, normalized_size
 from ._client import Capabilities, ClientConnection, ClientState, Phase, Ready
-from ._delivery import RecipientResult, Stage, Status, TransactionResult
+from ._delivery import DeliveryPlan, RecipientResult, Stage, Status, TransactionResult
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._events import (
     ConnectionClosed,
@@ -31,6 +31,7 @@ __all__ = [
     "ClientConnection",
     "ClientState",
     "ConnectionClosed",
+    "DeliveryPlan",
     "EndOfData",
     "Lhlo",
     "Limits",

@@ -104,6 +104,13 @@ _PHASE = {
 }
 
 
+def _number(value: str | None) -> int | None:
+    """A positive decimal limit from an LHLO keyword's value, or None (0 is no limit)."""
+    if not value or not (value.isascii() and value.isdigit()) or len(value) > 18:
+        return None
+    return int(value) or None
+
+
 @dataclass(frozen=True, slots=True)
 class Capabilities:
     """The LHLO reply: the server's name and its extensions with their parameters."""
@@ -125,10 +132,16 @@ class Capabilities:
     @property
     def size(self) -> int | None:
         """The SIZE limit in octets, or None when none is given (RFC 1870: 0 is none)."""
-        value = self.param("SIZE")
-        if not value or not (value.isascii() and value.isdigit()) or len(value) > 18:
-            return None
-        return int(value) or None
+        return _number(self.param("SIZE"))
+
+    @property
+    def rcptmax(self) -> int | None:
+        """The most recipients per transaction (RFC 9422 LIMITS RCPTMAX=), or None."""
+        for item in (self.param("LIMITS") or "").split():
+            name, _, value = item.partition("=")
+            if name.upper() == "RCPTMAX":
+                return _number(value)
+        return None
 
     @classmethod
     def from_reply(cls, reply: Reply) -> Capabilities:

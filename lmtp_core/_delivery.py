@@ -8,16 +8,24 @@ ends early, lost() fills the empty slots: UNKNOWN once the end of data was writt
 (the server may have stored the message), otherwise TEMPORARY (it cannot have been
 stored); the stage is DATA for a recipient accepted at RCPT and RCPT for one whose RCPT
 reply never came. DELIVERED only ever comes from a 2xx reply after the data.
+
+One delivery may need several transactions when the server limits recipients per
+transaction: DeliveryPlan hands out batches (at most the server's LIMITS RCPTMAX, RFC
+9422, or the client's own cap), and after each result it puts back the recipients the
+server deferred for that reason (RFC 5321 4.5.3.1.10: 452, enhanced 4.5.3 if any, once
+at least one recipient of the transaction was accepted) for one more try each. result()
+is one TransactionResult in the caller's order; recipients never tried are TEMPORARY.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ._events import MailFrom, RcptTo, Reply
 
-__all__ = ["RecipientResult", "Stage", "Status", "TransactionResult"]
+__all__ = ["DeliveryPlan", "RecipientResult", "Stage", "Status", "TransactionResult"]
 
 
 class Status(enum.StrEnum):
@@ -152,3 +160,71 @@ class Transaction:
     def result(self) -> TransactionResult:
         assert all(slot is not None for slot in self.slots)
         return TransactionResult(tuple(slot for slot in self.slots if slot is not None))
+
+
+def _deferred_for_limit(result: RecipientResult) -> bool:
+    reply = result.reply
+    return (
+        result.stage is Stage.RCPT
+        and reply is not None
+        and reply.code == 452
+        and reply.enhanced in (None, "4.5.3")
+    )
+
+
+class DeliveryPlan:
+    """The transactions one message needs for its recipients (see the module comment).
+
+    Use: ``while (batch := plan.next_batch(rcptmax)) is not None``: run a transaction
+    for ``batch`` (RcptTo objects, in order) and give its result to ``record()``; then
+    ``result()``. ``per_transaction`` is the client's own cap (None: none)."""
+
+    __slots__ = ("_rcpts", "_cap", "_pending", "_retried", "_batch", "_slots")
+
+    def __init__(self, recipients: Sequence[RcptTo], per_transaction: int | None = None) -> None:
+        self._rcpts = tuple(recipients)
+        self._cap = per_transaction
+        self._pending = list(range(len(self._rcpts)))  # indices still to try
+        self._retried: set[int] = set()
+        self._batch: list[int] = []
+        self._slots: list[RecipientResult | None] = [None] * len(self._rcpts)
+
+    @property
+    def more(self) -> bool:
+        """More than one transaction is already known to be needed (or under way)."""
+        return len(self._pending) > (self._cap or len(self._pending))
+
+    def next_batch(self, rcptmax: int | None = None) -> list[RcptTo] | None:
+        """The recipients of the next transaction, or None when every one has a result."""
+        if not self._pending:
+            return None
+        size = min(n for n in (self._cap, rcptmax, len(self._pending)) if n)
+        self._batch, self._pending = self._pending[:size], self._pending[size:]
+        return [self._rcpts[i] for i in self._batch]
+
+    def record(self, result: TransactionResult) -> None:
+        """The result of the transaction for the last batch."""
+        outcomes = result.recipients
+        assert len(outcomes) == len(self._batch)
+        accepted = any(r.stage is Stage.DATA for r in outcomes)
+        deferred = []
+        for index, outcome in zip(self._batch, outcomes, strict=True):
+            self._slots[index] = outcome
+            if accepted and index not in self._retried and _deferred_for_limit(outcome):
+                self._retried.add(index)
+                deferred.append(index)
+        self._pending = sorted(self._pending + deferred)
+        self._batch = []
+
+    def abandon(self) -> None:
+        """No more transactions (the connection ended): what is left stays as it is."""
+        self._pending = []
+
+    def result(self) -> TransactionResult:
+        """One outcome per recipient given, in order; never tried: TEMPORARY at RCPT."""
+        return TransactionResult(
+            tuple(
+                slot or RecipientResult(rcpt.address, Status.TEMPORARY, None, Stage.RCPT)
+                for slot, rcpt in zip(self._slots, self._rcpts, strict=True)
+            )
+        )

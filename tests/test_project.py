@@ -65,6 +65,7 @@ def test_public_names_are_pinned() -> None:
             "ClientConnection",
             "ClientState",
             "ConnectionClosed",
+            "DeliveryPlan",
             "EndOfData",
             "Lhlo",
             "Limits",

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PAIRS = {
     "transports/_async_client.py": "transports/_sync_client.py",
     "transports/_async_server.py": "transports/_sync_server.py",
+    "transports/_async_pool.py": "transports/_sync_pool.py",
 }
 # Whole words, in order; the async spelling on the left.
 WORDS = [

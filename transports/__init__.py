@@ -5,19 +5,33 @@ transports.trio) so that trio stays optional; this package re-exports only what 
 share: settings, errors, and the server's Handler and Envelope.
 """
 
-from ._config import Timeouts, server_context
-from ._errors import ConfigurationError, ConnectError, LMTPError, SessionError, Timeout, TLSError
-from ._session import Envelope, Handler
+from ._config import ClientSettings, PoolSettings, ServerSettings, Timeouts, server_context
+from ._errors import (
+    ConfigurationError,
+    ConnectError,
+    LMTPError,
+    PoolTimeout,
+    SessionError,
+    Timeout,
+    TLSError,
+)
+from ._session import Decision, Envelope, Handler, Verdicts
 
 __all__ = [
+    "ClientSettings",
     "ConfigurationError",
     "ConnectError",
+    "Decision",
     "Envelope",
     "Handler",
     "LMTPError",
+    "PoolSettings",
+    "PoolTimeout",
+    "ServerSettings",
     "SessionError",
     "TLSError",
     "Timeout",
     "Timeouts",
+    "Verdicts",
     "server_context",
 ]

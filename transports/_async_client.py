@@ -23,6 +23,7 @@ the two disagree: the blocking driver runs the same flow, with plain calls.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import time
@@ -33,6 +34,7 @@ from lmtp_core import (
     Capabilities,
     ClientConnection,
     ConnectionClosed,
+    DeliveryPlan,
     MailFrom,
     Phase,
     RcptTo,
@@ -99,8 +101,22 @@ class AsyncBackend(Protocol):
         ...
 
     async def acquire(self, lock: Any, timeout: float | None) -> None:
-        """Take the lock, waiting at most `timeout` seconds (None: no limit); raises
-        TimeoutError."""
+        """Take the lock (or a semaphore's slot), waiting at most `timeout` seconds
+        (None: no limit); raises TimeoutError."""
+        ...
+
+    def semaphore(self, value: int) -> Any:
+        """A semaphore of the runtime's kind (with a release() method)."""
+        ...
+
+    def mutex(self) -> contextlib.AbstractContextManager[Any]:
+        """Guards bookkeeping shared between deliveries: a lock where they run in
+        threads, nothing where they are tasks of one event loop."""
+        ...
+
+    def every(self, interval: float, function: Any) -> Any:
+        """Run `await function()` every `interval` seconds in the background until the
+        returned handle's cancel() is called. Must be called from the runtime."""
         ...
 
     async def run_handler(self, function: Any, args: tuple[Any, ...]) -> object: ...
@@ -112,6 +128,7 @@ class AsyncConnection:
     def __init__(self, config: ClientConfig, backend: AsyncBackend) -> None:
         self.config = config
         self.id = new_id("c")
+        self.opened = time.monotonic()
         self._backend = backend
         self._core = config.connection()
         self._stream: AsyncStream | None = None
@@ -154,16 +171,37 @@ class AsyncConnection:
         recipients: Sequence[str | RcptTo],
         deadline: Deadline,
     ) -> TransactionResult:
-        """One transaction on the open connection; closed afterwards unless reusable."""
-        core = self._core
-        core.start_transaction(sender, recipients, size=body.size, eight_bit=body.eight_bit)
+        """One message on the open connection, in as many transactions as the server's
+        recipient limits need (lmtp_core.DeliveryPlan); closed afterwards unless
+        reusable. Each recipient's outcome is from its last transaction."""
+        core, caps = self._core, self.capabilities
+        assert caps is not None
+        plan = DeliveryPlan(
+            [r if isinstance(r, RcptTo) else RcptTo(r) for r in recipients],
+            self.config.recipients_per_transaction,
+        )
+        if plan.more or (caps.rcptmax is not None and caps.rcptmax < len(recipients)):
+            body.keep()  # it will be sent more than once
+        first: AsyncBody | None = body
         try:
-            event = await self._pump(body, deadline)
+            while (batch := plan.next_batch(caps.rcptmax)) is not None:
+                current = first or body.replay()
+                first = None
+                if current is None:  # a one-shot message: what is left stays as it is
+                    plan.abandon()
+                    break
+                core.start_transaction(
+                    sender, batch, size=current.size, eight_bit=current.eight_bit
+                )
+                event = await self._pump(current, deadline)
+                assert isinstance(event, TransactionResult)
+                plan.record(event)
+                if not core.reusable:
+                    plan.abandon()
         finally:
             if not core.reusable:
                 await self.aclose()
-        assert isinstance(event, TransactionResult)
-        return event
+        return plan.result()
 
     async def aclose(self, quit: bool = True) -> None:
         """QUIT (when idle and `quit`), then close."""

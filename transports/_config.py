@@ -42,6 +42,8 @@ __all__ = [
     "ClientConfig",
     "ClientSettings",
     "Deadline",
+    "PoolConfig",
+    "PoolSettings",
     "ServerConfig",
     "ServerSettings",
     "Timeouts",
@@ -157,6 +159,8 @@ class ClientSettings(TypedDict, total=False):
     keyfile, minimum_version, ciphers. ssl_context: a ready client context instead.
     timeout: seconds for every phase, or a Timeouts. lhlo_name: the name we give.
     chunking: use BDAT when offered. limits: the core's Limits.
+    recipients_per_transaction: the most RCPTs this client puts in one transaction
+    (None: as many as the server takes); more recipients make more transactions.
     """
 
     socket_path: str | None
@@ -170,6 +174,23 @@ class ClientSettings(TypedDict, total=False):
     lhlo_name: str
     chunking: bool
     limits: Limits | None
+    recipients_per_transaction: int | None
+
+
+class PoolSettings(ClientSettings, total=False):
+    """A Pool's settings: a client's, plus how many connections and for how long.
+
+    max_connections: connections open at once (8). idle_timeout: seconds an idle
+    connection is kept (2, Postfix's smtp_connection_cache_time_limit). max_lifetime:
+    seconds a connection is reused at most (300, Postfix's
+    smtp_connection_reuse_time_limit). wait_timeout: seconds a delivery waits for a
+    free connection before PoolTimeout (30; the total deadline applies too).
+    """
+
+    max_connections: int
+    idle_timeout: float
+    max_lifetime: float
+    wait_timeout: float
 
 
 class ServerSettings(TypedDict, total=False):
@@ -196,13 +217,17 @@ class ServerSettings(TypedDict, total=False):
 
 
 _CLIENT_KEYS = frozenset(ClientSettings.__annotations__)
+_POOL_KEYS = frozenset(PoolSettings.__annotations__) - _CLIENT_KEYS
 _SERVER_KEYS = frozenset(ServerSettings.__annotations__)
 
 
-def settings_error(function: str, settings: Mapping[str, Any], server: bool = False) -> None:
+def settings_error(
+    function: str, settings: Mapping[str, Any], server: bool = False, pool: bool = False
+) -> None:
     """Raise the TypeError Python gives for an unknown keyword argument, naming the
     public function the caller called (a programming error, found by mypy too)."""
-    unknown = sorted(settings.keys() - (_SERVER_KEYS if server else _CLIENT_KEYS))
+    known = _SERVER_KEYS if server else _CLIENT_KEYS | _POOL_KEYS if pool else _CLIENT_KEYS
+    unknown = sorted(settings.keys() - known)
     if unknown:
         raise TypeError(f"{function}() got an unexpected keyword argument {unknown[0]!r}")
 
@@ -227,6 +252,7 @@ class ClientConfig:
     lhlo_name: str
     chunking: bool
     limits: Limits | None
+    recipients_per_transaction: int | None
 
     @property
     def endpoint(self) -> str:
@@ -263,9 +289,15 @@ class ClientConfig:
         lhlo_name: str = "localhost",
         chunking: bool = True,
         limits: Limits | None = None,
+        recipients_per_transaction: int | None = None,
     ) -> ClientConfig:
         if ssl and starttls:
             raise ConfigurationError("ssl (implicit TLS) and starttls exclude each other")
+        if recipients_per_transaction is not None and not _positive_int(recipients_per_transaction):
+            raise ConfigurationError(
+                "recipients_per_transaction must be a positive int or None, not "
+                f"{recipients_per_transaction!r}"
+            )
         try:
             ClientConnection(lhlo_name=lhlo_name)
         except (LocalProtocolError, TypeError) as exc:
@@ -312,7 +344,45 @@ class ClientConfig:
             lhlo_name,
             chunking,
             limits,
+            recipients_per_transaction,
         )
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    """A pool's own settings (PoolSettings beyond a client's), checked."""
+
+    max_connections: int = 8
+    idle_timeout: float = 2.0
+    max_lifetime: float = 300.0
+    wait_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not _positive_int(self.max_connections):
+            raise ConfigurationError(
+                f"max_connections must be a positive int, not {self.max_connections!r}"
+            )
+        for name in ("idle_timeout", "max_lifetime", "wait_timeout"):
+            if not _positive(getattr(self, name)):
+                raise ConfigurationError(
+                    f"{name} must be a positive, finite number, not {getattr(self, name)!r}"
+                )
+
+    @classmethod
+    def split(cls, function: str, settings: PoolSettings) -> tuple[PoolConfig, ClientConfig]:
+        """The pool's settings and the client's, from what `function` was given."""
+        settings_error(function, settings, pool=True)
+        given: dict[str, Any] = dict(settings)
+        own = {key: given.pop(key) for key in _POOL_KEYS & given.keys()}
+        return cls(**own), ClientConfig._create(**given)
 
 
 def _client_context(opts: Mapping[str, object]) -> _ssl.SSLContext:

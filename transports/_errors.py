@@ -21,6 +21,7 @@ __all__ = [
     "ConfigurationError",
     "ConnectError",
     "LMTPError",
+    "PoolTimeout",
     "SessionError",
     "TLSError",
     "Timeout",
@@ -47,6 +48,10 @@ class TLSError(ConnectError):
 
 class Timeout(ConnectError, TimeoutError):
     """A deadline passed before the session was open."""
+
+
+class PoolTimeout(Timeout):
+    """No pooled connection became free in time."""
 
 
 class SessionError(LMTPError):

@@ -8,7 +8,10 @@ bytes (after line-end normalisation) and an estimate for regular files (their le
 RFC 1870 calls SIZE the client's estimate); whether the body is 8-bit is known only for
 bytes, and the core works out the rest. prepare() gives an iterator for the blocking
 driver; prepare_async() gives the same for the async drivers, or an async iterator for
-an async iterable, which only they accept.
+an async iterable, which only they accept. A delivery split into several transactions
+sends the message again: replay() starts bytes over, seeks a seekable file back to where
+it started, and for a one-shot iterable works only after keep() spooled it (memory up
+to 1 MiB, then a temporary file) while it was first read.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import email.message
 import email.policy
 import os
 import stat
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+import tempfile
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, TypeAlias
 
@@ -44,9 +48,23 @@ class Body:
     pieces: Iterator[bytes]
     size: int | None
     eight_bit: bool | None
+    #: The pieces once more from the start, for a further transaction; None: one-shot.
+    again: Callable[[], Iterator[bytes]] | None = None
 
     def next_piece(self) -> bytes | None:
         return next(self.pieces, None)
+
+    def replay(self) -> Body | None:
+        """The same message from its start, or None if it cannot be read again."""
+        if self.again is None:
+            return None
+        return Body(self.again(), self.size, self.eight_bit, self.again)
+
+    def keep(self) -> None:
+        """Spool a one-shot message as it is read, so that replay() works."""
+        if self.again is None:
+            spool = tempfile.SpooledTemporaryFile(max_size=PIECE)  # noqa: SIM115
+            self.pieces, self.again = _tee(self.pieces, spool), _spooled(spool)
 
 
 @dataclass(slots=True)
@@ -54,11 +72,61 @@ class AsyncBody:
     pieces: Iterator[bytes] | AsyncIterator[bytes]  # a plain one is not wrapped: speed
     size: int | None
     eight_bit: bool | None
+    again: Callable[[], Iterator[bytes]] | None = None
 
     async def next_piece(self) -> bytes | None:
         if isinstance(self.pieces, Iterator):
             return next(self.pieces, None)
         return await anext(self.pieces, None)
+
+    def replay(self) -> AsyncBody | None:
+        if self.again is None:
+            return None
+        return AsyncBody(self.again(), self.size, self.eight_bit, self.again)
+
+    def keep(self) -> None:
+        if self.again is None:
+            spool = tempfile.SpooledTemporaryFile(max_size=PIECE)  # noqa: SIM115
+            if isinstance(self.pieces, Iterator):
+                self.pieces = _tee(self.pieces, spool)
+            else:
+                self.pieces = _tee_async(self.pieces, spool)
+            self.again = _spooled(spool)
+
+
+def _tee(pieces: Iterator[bytes], spool: IO[bytes]) -> Iterator[bytes]:
+    for piece in pieces:
+        spool.write(piece)
+        yield piece
+
+
+async def _tee_async(pieces: AsyncIterator[bytes], spool: IO[bytes]) -> AsyncIterator[bytes]:
+    async for piece in pieces:
+        spool.write(piece)
+        yield piece
+
+
+def _spooled(spool: IO[bytes]) -> Callable[[], Iterator[bytes]]:
+    def again() -> Iterator[bytes]:
+        spool.seek(0)
+        return _read(spool)
+
+    return again
+
+
+def _rewound(file: IO[bytes]) -> Callable[[], Iterator[bytes]] | None:
+    try:
+        if not file.seekable():
+            return None
+        start = file.tell()
+    except (AttributeError, OSError, ValueError):
+        return None
+
+    def again() -> Iterator[bytes]:
+        file.seek(start)
+        return _read(file)
+
+    return again
 
 
 def _slices(data: bytes | bytearray | memoryview) -> Iterator[bytes]:
@@ -106,7 +174,7 @@ def prepare_async(message: Message) -> AsyncBody:
     if isinstance(message, AsyncIterable):
         return AsyncBody(_checked_async(message), None, None)
     body = prepare(message)
-    return AsyncBody(body.pieces, body.size, body.eight_bit)
+    return AsyncBody(body.pieces, body.size, body.eight_bit, body.again)
 
 
 def prepare(message: Message) -> Body:
@@ -116,11 +184,15 @@ def prepare(message: Message) -> Body:
     if isinstance(message, memoryview):
         message = message.tobytes()
     if isinstance(message, bytes | bytearray):
-        return Body(_slices(message), normalized_size(bytes(message)), not message.isascii())
+        data = message
+        return Body(
+            _slices(data), normalized_size(bytes(data)), not data.isascii(), lambda: _slices(data)
+        )
     if isinstance(message, str):
         raise TypeError("the message must be bytes (encode it first), not str")
     if hasattr(message, "read"):
-        return Body(_read(message), _file_size(message), None)  # type: ignore[arg-type]
+        file: IO[bytes] = message  # type: ignore[assignment]
+        return Body(_read(file), _file_size(file), None, _rewound(file))
     if isinstance(message, AsyncIterable):
         raise TypeError("async iterables need the asyncio or trio driver")
     if isinstance(message, Iterable):

@@ -25,6 +25,7 @@ the two disagree: the blocking driver runs the same flow, with plain calls.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import time
@@ -35,6 +36,7 @@ from lmtp_core import (
     Capabilities,
     ClientConnection,
     ConnectionClosed,
+    DeliveryPlan,
     MailFrom,
     Phase,
     RcptTo,
@@ -101,8 +103,22 @@ class SyncBackend(Protocol):
         ...
 
     def acquire(self, lock: Any, timeout: float | None) -> None:
-        """Take the lock, waiting at most `timeout` seconds (None: no limit); raises
-        TimeoutError."""
+        """Take the lock (or a semaphore's slot), waiting at most `timeout` seconds
+        (None: no limit); raises TimeoutError."""
+        ...
+
+    def semaphore(self, value: int) -> Any:
+        """A semaphore of the runtime's kind (with a release() method)."""
+        ...
+
+    def mutex(self) -> contextlib.AbstractContextManager[Any]:
+        """Guards bookkeeping shared between deliveries: a lock where they run in
+        threads, nothing where they are tasks of one event loop."""
+        ...
+
+    def every(self, interval: float, function: Any) -> Any:
+        """Run `function()` every `interval` seconds in the background until the
+        returned handle's cancel() is called. Must be called from the runtime."""
         ...
 
     def run_handler(self, function: Any, args: tuple[Any, ...]) -> object: ...
@@ -114,6 +130,7 @@ class SyncConnection:
     def __init__(self, config: ClientConfig, backend: SyncBackend) -> None:
         self.config = config
         self.id = new_id("c")
+        self.opened = time.monotonic()
         self._backend = backend
         self._core = config.connection()
         self._stream: SyncStream | None = None
@@ -156,16 +173,37 @@ class SyncConnection:
         recipients: Sequence[str | RcptTo],
         deadline: Deadline,
     ) -> TransactionResult:
-        """One transaction on the open connection; closed afterwards unless reusable."""
-        core = self._core
-        core.start_transaction(sender, recipients, size=body.size, eight_bit=body.eight_bit)
+        """One message on the open connection, in as many transactions as the server's
+        recipient limits need (lmtp_core.DeliveryPlan); closed afterwards unless
+        reusable. Each recipient's outcome is from its last transaction."""
+        core, caps = self._core, self.capabilities
+        assert caps is not None
+        plan = DeliveryPlan(
+            [r if isinstance(r, RcptTo) else RcptTo(r) for r in recipients],
+            self.config.recipients_per_transaction,
+        )
+        if plan.more or (caps.rcptmax is not None and caps.rcptmax < len(recipients)):
+            body.keep()  # it will be sent more than once
+        first: Body | None = body
         try:
-            event = self._pump(body, deadline)
+            while (batch := plan.next_batch(caps.rcptmax)) is not None:
+                current = first or body.replay()
+                first = None
+                if current is None:  # a one-shot message: what is left stays as it is
+                    plan.abandon()
+                    break
+                core.start_transaction(
+                    sender, batch, size=current.size, eight_bit=current.eight_bit
+                )
+                event = self._pump(current, deadline)
+                assert isinstance(event, TransactionResult)
+                plan.record(event)
+                if not core.reusable:
+                    plan.abandon()
         finally:
             if not core.reusable:
                 self.close()
-        assert isinstance(event, TransactionResult)
-        return event
+        return plan.result()
 
     def close(self, quit: bool = True) -> None:
         """QUIT (when idle and `quit`), then close."""

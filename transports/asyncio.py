@@ -21,19 +21,20 @@ import inspect
 import logging
 import os
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Unpack
 
 from lmtp_core import MailFrom, RcptTo, TransactionResult
 
 from ._async_client import AsyncClient
+from ._async_pool import AsyncPool
 from ._async_server import serve_connection
 from ._config import ClientConfig, ClientSettings, ServerConfig, ServerSettings, settings_error
 from ._message import Message
 from ._net import idle_clean, peer_name
 from ._session import Handler
 
-__all__ = ["Client", "Server", "deliver", "serve"]
+__all__ = ["Client", "Pool", "Server", "deliver", "serve"]
 
 log = logging.getLogger("transports")
 
@@ -127,7 +128,26 @@ class AsyncioBackend:
     def lock(self) -> asyncio.Lock:
         return asyncio.Lock()
 
-    async def acquire(self, lock: asyncio.Lock, timeout: float | None) -> None:
+    def semaphore(self, value: int) -> asyncio.Semaphore:
+        return asyncio.Semaphore(value)
+
+    def mutex(self) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()  # one event loop: no two tasks touch it at once
+
+    def every(
+        self, interval: float, function: Callable[[], Awaitable[object]]
+    ) -> asyncio.Task[None]:
+        async def run() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                try:
+                    await function()
+                except Exception:  # a failing round must not end the loop
+                    log.exception("background task failed")
+
+        return asyncio.get_running_loop().create_task(run())
+
+    async def acquire(self, lock: asyncio.Lock | asyncio.Semaphore, timeout: float | None) -> None:
         if timeout is None:  # no total deadline: no timer to arm
             await lock.acquire()
             return
@@ -144,6 +164,13 @@ class Client(AsyncClient):
     Safe to share between tasks: concurrent deliver() calls take turns."""
 
     _backend = AsyncioBackend()
+
+
+class Pool(AsyncPool):
+    """Up to max_connections connections to one server, shared by concurrent
+    deliveries; `async with Pool(...) as pool:` QUITs them on leaving. Task-safe."""
+
+    _backend = Client._backend
 
 
 async def deliver(

@@ -18,7 +18,7 @@ import selectors
 import socket
 import ssl
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Unpack
 
 from lmtp_core import MailFrom, RcptTo, TransactionResult
@@ -28,9 +28,10 @@ from ._message import Message
 from ._net import idle_clean, peer_name
 from ._session import Handler
 from ._sync_client import SyncClient
+from ._sync_pool import SyncPool
 from ._sync_server import serve_connection
 
-__all__ = ["Client", "Server", "deliver", "serve"]
+__all__ = ["Client", "Pool", "Server", "deliver", "serve"]
 
 log = logging.getLogger("transports")
 
@@ -106,9 +107,18 @@ class SocketBackend:
     def lock(self) -> threading.Lock:
         return threading.Lock()
 
-    def acquire(self, lock: threading.Lock, timeout: float | None) -> None:
+    def acquire(self, lock: threading.Lock | threading.Semaphore, timeout: float | None) -> None:
         if not lock.acquire(timeout=-1 if timeout is None else timeout):
             raise TimeoutError("timed out")
+
+    def semaphore(self, value: int) -> threading.Semaphore:
+        return threading.Semaphore(value)
+
+    def mutex(self) -> threading.Lock:
+        return threading.Lock()
+
+    def every(self, interval: float, function: Callable[[], object]) -> _Repeater:
+        return _Repeater(interval, function)
 
     def run_handler(self, function: Any, args: tuple[Any, ...]) -> object:
         result = function(*args)
@@ -119,11 +129,37 @@ class SocketBackend:
         return result
 
 
+class _Repeater:
+    """Calls a function every `interval` seconds in a daemon thread until cancel()."""
+
+    def __init__(self, interval: float, function: Callable[[], object]) -> None:
+        self._stop = threading.Event()
+        self._interval, self._function = interval, function
+        threading.Thread(target=self._run, name="lmtp-repeater", daemon=True).start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._function()
+            except Exception:  # a failing round must not end the loop
+                log.exception("background task failed")
+
+    def cancel(self) -> None:
+        self._stop.set()
+
+
 class Client(SyncClient):
     """One LMTP connection, opened on the first deliver() and reused after it.
     Thread-safe: concurrent deliver() calls take turns on the connection."""
 
     _backend = SocketBackend()
+
+
+class Pool(SyncPool):
+    """Up to max_connections connections to one server, shared by concurrent
+    deliveries; `with Pool(...) as pool:` QUITs them on leaving. Thread-safe."""
+
+    _backend = Client._backend
 
 
 def deliver(

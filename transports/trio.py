@@ -19,7 +19,7 @@ import math
 import os
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Unpack
 
 import trio
@@ -27,13 +27,14 @@ import trio
 from lmtp_core import MailFrom, RcptTo, TransactionResult
 
 from ._async_client import AsyncClient
+from ._async_pool import AsyncPool
 from ._async_server import serve_connection
 from ._config import ClientConfig, ClientSettings, ServerConfig, ServerSettings, settings_error
 from ._message import Message
 from ._net import idle_clean, peer_name
 from ._session import Handler
 
-__all__ = ["Client", "Server", "deliver", "serve"]
+__all__ = ["Client", "Pool", "Server", "deliver", "serve"]
 
 log = logging.getLogger("transports")
 
@@ -135,7 +136,29 @@ class TrioBackend:
     def lock(self) -> trio.Lock:
         return trio.Lock()
 
-    async def acquire(self, lock: trio.Lock, timeout: float | None) -> None:
+    def semaphore(self, value: int) -> trio.Semaphore:
+        return trio.Semaphore(value)
+
+    def mutex(self) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()  # one event loop: no two tasks touch it at once
+
+    def every(self, interval: float, function: Callable[[], Awaitable[object]]) -> trio.CancelScope:
+        scope = trio.CancelScope()
+
+        async def run() -> None:
+            with scope:
+                while True:
+                    await trio.sleep(interval)
+                    try:
+                        await function()
+                    except Exception:  # a failing round must not end the loop
+                        log.exception("background task failed")
+
+        # A system task needs no nursery from the caller; cancel() ends it.
+        trio.lowlevel.spawn_system_task(run)
+        return scope
+
+    async def acquire(self, lock: trio.Lock | trio.Semaphore, timeout: float | None) -> None:
         try:
             with trio.fail_after(math.inf if timeout is None else timeout):
                 await lock.acquire()
@@ -152,6 +175,13 @@ class Client(AsyncClient):
     Safe to share between tasks: concurrent deliver() calls take turns."""
 
     _backend = TrioBackend()
+
+
+class Pool(AsyncPool):
+    """Up to max_connections connections to one server, shared by concurrent
+    deliveries; `async with Pool(...) as pool:` QUITs them on leaving. Task-safe."""
+
+    _backend = Client._backend
 
 
 async def deliver(
