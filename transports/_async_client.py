@@ -217,11 +217,11 @@ class AsyncConnection:
         core, timeouts = self._core, self.config.timeouts
         seen, until, phase = -1, 0.0, Phase.GREETING
         while True:
-            for side, line in core.take_trace():
-                log.debug("[%s] %s: %s", self.id, side, escape(line))
             stream = self._stream
             assert stream is not None
             event = core.next_event()
+            for side, line in core.take_trace():  # after next_event(): it parses the replies
+                log.debug("[%s] %s: %s", self.id, side, escape(line))
             data = core.data_to_send()
             if data:
                 limit = timeouts.data_block

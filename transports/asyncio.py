@@ -20,6 +20,7 @@ import contextlib
 import inspect
 import logging
 import os
+import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Unpack
@@ -109,6 +110,31 @@ class StreamPair:
                 await self._writer.wait_closed()
 
 
+async def _tcp_socket(host: str, port: int) -> socket.socket:
+    """A socket connected to the first address of `host` that answers. Address by
+    address, as trio does, so that a refusal on every address reads like one refusal
+    (asyncio's own loop gives 'Multiple exceptions: ...' without an errno)."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    errors: list[OSError] = []
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, address)
+        except OSError as exc:
+            sock.close()
+            errors.append(exc)
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    first = errors[0] if errors else OSError(f"no address for {host}")
+    raise OSError(first.errno, first.strerror) from ExceptionGroup("every address", errors)
+
+
 class AsyncioBackend:
     async def connect(self, config: ClientConfig, timeout: float) -> StreamPair:
         tls = config.ssl_context if config.implicit_tls else None
@@ -120,8 +146,9 @@ class AsyncioBackend:
                     config.socket_path, ssl=tls, server_hostname=name
                 )
             else:
+                sock = await _tcp_socket(config.host, config.port)
                 reader, writer = await asyncio.open_connection(
-                    config.host, config.port, ssl=tls, server_hostname=name
+                    sock=sock, ssl=tls, server_hostname=name
                 )
         return StreamPair(reader, writer)
 
