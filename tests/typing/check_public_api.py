@@ -74,3 +74,14 @@ async def async_drivers() -> None:
     assert_type(await tr.deliver(b"x", "a@example.org", ["b@example.org"]), TransactionResult)
     async with aio.Client(starttls=True) as client:
         assert_type(await client.deliver([b"x"], "a@e.org", ["b@e.org"]), TransactionResult)
+
+
+async def pools() -> None:
+    async with aio.Pool(socket_path="/s", max_connections=4, idle_timeout=2.0) as pool:
+        assert_type(await pool.deliver(b"x", "a@e.org", ["b@e.org"]), TransactionResult)
+        assert_type(pool.open, int)
+        assert_type(pool.idle + pool.busy, int)
+    async with tr.Pool(recipients_per_transaction=50) as tpool:
+        assert_type(await tpool.deliver(b"x", "a@e.org", ["b@e.org"]), TransactionResult)
+    with blocking.Pool(wait_timeout=5, max_lifetime=300) as bpool:
+        assert_type(bpool.deliver(b"x", "a@e.org", ["b@e.org"]), TransactionResult)

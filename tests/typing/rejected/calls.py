@@ -26,6 +26,10 @@ async def async_client_settings() -> None:
     await tr.deliver(b"x", "a@example.org", ["b@example.org"], port="2424")  # E: arg-type
     aio.Client(sockt_path="/s")  # E: call-arg
     tr.Client(chunking="no")  # E: arg-type
+    aio.Pool(max_conections=8)  # E: call-arg
+    tr.Pool(max_connections="8")  # E: arg-type
+    blocking.Pool(idle_timeout=None)  # E: arg-type
+    blocking.Client(max_connections=8)  # E: call-arg
 
 
 class Picky(Handler):
