@@ -180,7 +180,7 @@ CONTENDERS: dict[str, Callable[[str, int, int, list[str]], float]] = {
 
 
 def measure(
-    names: list[str], path: str, count: int, in_flight: int, rcpts: list[str], rounds: int
+    names: list[str], path: str, count: int, in_flight: int, rcpts: list[str], *, rounds: int
 ) -> dict[str, float]:
     rates: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(rounds):
@@ -247,7 +247,7 @@ def main() -> None:
             "smtplib, 8 threads x 1 connection",
         ]
         count = max(200, args.messages // 4)
-        rates = measure(names, dpath, count, args.in_flight, users, args.rounds)
+        rates = measure(names, dpath, count, args.in_flight, users, rounds=args.rounds)
         against = {name: "asyncio pool (8)" for name in names}
         table(
             f"Into Dovecot {dovecot.version} (stores every message; {count} messages)",
