@@ -11,7 +11,9 @@ dot that starts a line gets a second dot (RFC 5321 4.5.2), and finish() adds the
 missing final CRLF and ".\\r\\n". Because no bare CR or LF survives and every line
 starting with a dot is doubled, CRLF.CRLF can appear only as the final terminator,
 which is what stops SMTP smuggling. BDAT uses the same normalisation without stuffing;
-BODY=BINARYMIME passes bytes through untouched.
+BODY=BINARYMIME passes bytes through untouched. A NUL byte is refused except for
+BINARYMIME: RFC 2045 2.7 and 2.8 keep NUL out of 7bit and 8bit data, and a receiver
+that strips NUL would read CRLF NUL "." CRLF as the end of the data.
 
 Decoding (server, DATA). The message ends only at CRLF.CRLF (or ".\\r\\n" at the very
 start). Up to that point bytes are released as they come, holding back the last four
@@ -194,6 +196,10 @@ class BodyEncoder:
             )
         if not self._normalize or not chunk:
             return chunk
+        if b"\x00" in chunk:  # RFC 2045 2.7, 2.8: NUL is not 7bit or 8bit data
+            raise LocalProtocolError(
+                "the message has NUL bytes, which only BODY=BINARYMIME can carry"
+            )
         if self._pending_cr:  # the last piece ended in CR, already sent as CRLF
             self._pending_cr = False
             if chunk[:1] == b"\n":

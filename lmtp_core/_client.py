@@ -193,6 +193,33 @@ def _check_address(address: str, what: str) -> None:
         raise LocalProtocolError(f"{what} {address!r} is over the RFC 5321 4.5.3.1 length limits")
 
 
+def _check_params(params: Params) -> None:
+    """Parameters that can be written at all (misuse otherwise, whatever the server)."""
+    for key, value in params:
+        if not ESMTP_KEYWORD.fullmatch(key):
+            raise LocalProtocolError(f"invalid parameter keyword {key!r}")
+        if value is not None and not ESMTP_VALUE.fullmatch(value):
+            raise LocalProtocolError(f"invalid value for parameter {key}: {value!r}")
+        keyword = key.upper()
+        if value is None and keyword in _VALUED:
+            raise LocalProtocolError(f"parameter {key} needs a value")
+        if value is not None and keyword == "SMTPUTF8":
+            raise LocalProtocolError("parameter SMTPUTF8 takes no value")
+
+
+def _unoffered(params: Params, caps: Capabilities) -> str | None:
+    """Why these parameters cannot go to this server, or None if they can."""
+    for key, value in params:
+        keyword = key.upper()
+        if keyword == "BODY":
+            needs = _BODY_NEEDS.get((value or "").upper())
+        else:
+            needs = _PARAM_NEEDS.get(keyword, keyword)
+        if needs is not None and needs not in caps:
+            return f"parameter {key} needs {needs}, which the server did not offer"
+    return None
+
+
 class ClientConnection:
     """The sans-I/O LMTP client. See the module comment for how it works."""
 
@@ -361,13 +388,25 @@ class ClientConnection:
         *,
         size: int | None = None,
         eight_bit: bool | None = None,
+        nul: bool | None = None,
     ) -> None:
         """Begin delivering one message. Nothing is queued if this raises.
 
         ``size`` (octets, if known) is sent as SIZE= when offered. ``eight_bit``: True
         if the body has 8-bit bytes, False if not, None if unknown (BODY=8BITMIME is
         then declared whenever the server offers it, and otherwise the body is checked
-        as it streams). SMTPUTF8 is added when an address needs it."""
+        as it streams). ``nul``: True if the body has NUL bytes, which only
+        BODY=BINARYMIME carries (None: checked as it streams). SMTPUTF8 is added when
+        an address needs it.
+
+        Raises LocalProtocolError for misuse that no server changes (the wrong state,
+        no recipients, an invalid address, parameter or BODY value, a command line over
+        the limit). What this server cannot take is an outcome instead: the next event
+        is the TransactionResult at once, every recipient PERMANENT at Stage.LOCAL with
+        the reason, when the message cannot be carried (over SIZE, 8-bit data without
+        8BITMIME, NUL without BINARYMIME, a sender needing SMTPUTF8 or a MAIL parameter
+        not offered); a recipient needing what is not offered (SMTPUTF8, a parameter)
+        alone is refused that way, and the others go ahead."""
         if self.state is not ClientState.READY:
             raise LocalProtocolError(f"start_transaction() in state {self.state.name}")
         caps = self.capabilities
@@ -376,35 +415,63 @@ class ClientConnection:
         rcpts = tuple(r if isinstance(r, RcptTo) else RcptTo(r) for r in recipients)
         if not rcpts:
             raise LocalProtocolError("a transaction needs at least one recipient")
+        _check_address(mail.address, "sender")
+        _check_params(mail.params)
+        for rcpt in rcpts:
+            _check_address(rcpt.address, "recipient")
+            _check_params(rcpt.params)
         params = {key.upper(): value for key, value in mail.params}
-        if not mail.address.isascii() or not all(r.address.isascii() for r in rcpts):
-            params.setdefault("SMTPUTF8", None)
-        if size is not None and "SIZE" in caps and "SIZE" not in params:
-            if caps.size is not None and size > caps.size:
-                raise LocalProtocolError(
-                    f"the message ({size} octets) is over the server's SIZE limit ({caps.size})"
-                )
-            params["SIZE"] = str(size)
-        if "BODY" not in params and eight_bit is not False and "8BITMIME" in caps:
-            params["BODY"] = "8BITMIME"
         body = (params.get("BODY") or "7BIT").upper()
         if body not in _BODY_NEEDS:
             raise LocalProtocolError(f"unknown BODY type {body!r}")
-        if eight_bit and body == "7BIT":
-            raise LocalProtocolError(
-                "the message has 8-bit bytes but the server did not offer 8BITMIME"
-            )
+
+        # What this server cannot take: refused here, as outcomes.
+        utf8 = "SMTPUTF8" in caps
+        txn = Transaction(mail, rcpts)
+        if self._buffer:  # the server spoke while idle: a reply to nothing we sent
+            self._txn = txn
+            self.state = ClientState.TRANSACTION
+            return self._unsolicited()
+        refusal = _unoffered(mail.params, caps)
+        if not mail.address.isascii() and not utf8:
+            refusal = "the sender's address needs SMTPUTF8, which the server did not offer"
+        if refusal is None and size is not None and caps.size is not None and size > caps.size:
+            refusal = f"the message ({size} octets) is over the server's SIZE limit ({caps.size})"
+        if "BODY" not in params and eight_bit is not False and "8BITMIME" in caps:
+            params["BODY"] = body = "8BITMIME"
+        if refusal is None and eight_bit and body == "7BIT":
+            refusal = "the message has 8-bit bytes and the server did not offer 8BITMIME"
         binary = body == "BINARYMIME"
-        if binary and "CHUNKING" not in caps:
-            raise LocalProtocolError(
-                "BODY=BINARYMIME needs CHUNKING, which the server did not offer"
+        if refusal is None and nul and not binary:
+            refusal = "the message has NUL bytes, which only BODY=BINARYMIME can carry"
+        if refusal is None and binary and "CHUNKING" not in caps:
+            refusal = "BODY=BINARYMIME needs CHUNKING, which the server did not offer"
+        if refusal is not None:
+            txn.refuse(refusal)
+        for index, rcpt in enumerate(rcpts):
+            why = _unoffered(rcpt.params, caps)
+            if not rcpt.address.isascii() and not utf8:
+                why = "this address needs SMTPUTF8, which the server did not offer"
+            if why is not None:
+                txn.refuse(why, [index])
+        if not txn.sent:
+            self._events.append(txn.result())  # nothing to send: still READY
+            return
+        if not mail.address.isascii() or not all(rcpts[i].address.isascii() for i in txn.sent):
+            params.setdefault("SMTPUTF8", None)
+        if size is not None and "SIZE" in caps and "SIZE" not in params:
+            params["SIZE"] = str(size)
+        txn.mail = mail = MailFrom(mail.address, tuple(params.items()))
+        lines = [self._command_line(f"MAIL FROM:<{mail.address}>{write_params(mail.params)}")]
+        for index in txn.sent:
+            rcpt = rcpts[index]
+            lines.append(
+                self._command_line(f"RCPT TO:<{rcpt.address}>{write_params(rcpt.params)}")
             )
-        mail = MailFrom(mail.address, tuple(params.items()))
-        lines = [self._mail_line(mail, caps)] + [self._rcpt_line(r, caps) for r in rcpts]
 
         # Everything is valid: commit.
         use_bdat = binary or (self._chunking and "CHUNKING" in caps)
-        self._txn = Transaction(mail, rcpts)
+        self._txn = txn
         self.state = ClientState.TRANSACTION
         self._encoder = BodyEncoder(
             dot_stuff=not use_bdat,
@@ -417,7 +484,7 @@ class ClientConnection:
         self._rset_due = False
         self._pipelined = "PIPELINING" in caps
         if self._pipelined:
-            self._awaiting.extend([_Await.MAIL] + [_Await.RCPT] * len(rcpts))
+            self._awaiting.extend([_Await.MAIL] + [_Await.RCPT] * len(txn.sent))
             envelope = "".join(line + "\r\n" for line in lines)
             if use_bdat:
                 self._held = envelope
@@ -429,17 +496,19 @@ class ClientConnection:
             self._command(lines[0], _Await.MAIL)
 
     def send_body(self, data: bytes) -> None:
-        """The next piece of the message, after Signal.NEED_BODY. Raises
-        LocalProtocolError for a body the session cannot carry (an 8-bit byte without
-        8BITMIME, an over-long line); the connection must then be closed."""
+        """The next piece of the message, after Signal.NEED_BODY. A body this session
+        cannot carry (an 8-bit byte without 8BITMIME, NUL without BINARYMIME, an
+        over-long line) is refused here: the recipients not yet decided become
+        PERMANENT at Stage.LOCAL and the connection is closed, since the part already
+        written cannot be taken back (next_event() gives the result, then
+        ConnectionClosed)."""
         if not self._body_open or self._body_ended:
             raise LocalProtocolError("send_body() when the body was not asked for")
         assert self._encoder is not None
         try:
             encoded = self._encoder.encode(bytes(data))
         except LocalProtocolError as exc:
-            self._lose(f"message refused locally: {exc}")
-            raise
+            return self._refuse_body(str(exc))
         if self._bdat is None:
             self._out += encoded
         else:
@@ -453,8 +522,7 @@ class ClientConnection:
         try:
             tail = self._encoder.finish()
         except LocalProtocolError as exc:
-            self._lose(f"message refused locally: {exc}")
-            raise
+            return self._refuse_body(str(exc))
         self._body_ended = True
         if self._bdat is None:
             self._out += tail
@@ -482,58 +550,28 @@ class ClientConnection:
         if self._trace is not None:
             self._trace.extend((side, line) for line in text.split("\r\n") if line)
 
-    def _check_path(self, address: str, caps: Capabilities, what: str) -> None:
-        _check_address(address, what)
-        if not address.isascii() and "SMTPUTF8" not in caps:
-            raise LocalProtocolError(
-                f"{what} {address!r} needs SMTPUTF8, which the server did not offer"
-            )
-
     @staticmethod
     def check_envelope(sender: str | MailFrom, recipients: Sequence[str | RcptTo]) -> None:
         """The checks that need no server (address syntax and length, at least one
         recipient): a driver calls this before it connects. start_transaction()
-        repeats them, with what the server offered."""
+        repeats them."""
         _check_address(sender.address if isinstance(sender, MailFrom) else sender, "sender")
         if not recipients:
             raise LocalProtocolError("a transaction needs at least one recipient")
         for rcpt in recipients:
             _check_address(rcpt.address if isinstance(rcpt, RcptTo) else rcpt, "recipient")
 
-    def _check_params(self, params: Params, caps: Capabilities) -> None:
-        for key, value in params:
-            if not ESMTP_KEYWORD.fullmatch(key):
-                raise LocalProtocolError(f"invalid parameter keyword {key!r}")
-            if value is not None and not ESMTP_VALUE.fullmatch(value):
-                raise LocalProtocolError(f"invalid value for parameter {key}: {value!r}")
-            keyword = key.upper()
-            if value is None and keyword in _VALUED:
-                raise LocalProtocolError(f"parameter {key} needs a value")
-            if value is not None and keyword == "SMTPUTF8":
-                raise LocalProtocolError("parameter SMTPUTF8 takes no value")
-            if keyword == "BODY":
-                needs = _BODY_NEEDS.get((value or "").upper())
-            else:
-                needs = _PARAM_NEEDS.get(keyword, keyword)
-            if needs is not None and needs not in caps:
-                raise LocalProtocolError(
-                    f"parameter {key} needs {needs}, which the server did not offer"
-                )
-
-    def _checked_line(self, line: str) -> str:
+    def _command_line(self, line: str) -> str:
         if len(line.encode()) + 2 > self._limits.command_line:
             raise LocalProtocolError(f"command longer than {self._limits.command_line} octets")
         return line
 
-    def _mail_line(self, mail: MailFrom, caps: Capabilities) -> str:
-        self._check_path(mail.address, caps, "sender")
-        self._check_params(mail.params, caps)
-        return self._checked_line(f"MAIL FROM:<{mail.address}>{write_params(mail.params)}")
-
-    def _rcpt_line(self, rcpt: RcptTo, caps: Capabilities) -> str:
-        self._check_path(rcpt.address, caps, "recipient")
-        self._check_params(rcpt.params, caps)
-        return self._checked_line(f"RCPT TO:<{rcpt.address}>{write_params(rcpt.params)}")
+    def _refuse_body(self, reason: str) -> None:
+        txn = self._txn
+        assert txn is not None
+        txn.refuse(reason, [i for i, slot in enumerate(txn.slots) if slot is None])
+        self._out.clear()  # a body that will never be ended: do not send more of it
+        self._lose(f"message refused locally: {reason}")
 
     def _flush_bdat(self) -> None:
         """Write the next BDAT chunk, after the held-back envelope if any."""
@@ -619,8 +657,8 @@ class ClientConnection:
             self._on_transaction_reply(kind, reply)
 
     def _become_ready(self, event: Ready | TransactionResult) -> None:
-        # More replies than commands means the pairing can no longer be trusted. A
-        # finished transaction's result still stands; a session never becomes Ready.
+        # More replies than commands means the pairing can no longer be trusted: a
+        # session never becomes Ready, and no outcome after the data stands.
         if self._buffer and isinstance(event, Ready):
             return self._unsolicited()
         self.state = ClientState.READY
@@ -695,6 +733,8 @@ class ClientConnection:
     def _finish(self) -> None:
         txn = self._txn
         assert txn is not None
+        if self._buffer:  # a reply beyond the last one due, already received
+            txn.distrust("more replies came than were due: the pairing cannot be trusted")
         self._txn = None
         self._encoder = None
         self._end_queued = self._end_in_last = False
@@ -716,7 +756,7 @@ class ClientConnection:
             self._out.clear()
             self._end_queued = False
         if txn is not None:
-            txn.lost()
+            txn.lost(reason)
             self._events.append(txn.result())
             self._txn = None
         self.state = ClientState.CLOSED

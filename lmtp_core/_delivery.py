@@ -13,7 +13,8 @@ One delivery may need several transactions when the server limits recipients per
 transaction: DeliveryPlan hands out batches (at most the server's LIMITS RCPTMAX, RFC
 9422, or the client's own cap), and after each result it puts back the recipients the
 server deferred for that reason (RFC 5321 4.5.3.1.10: 452, enhanced 4.5.3 if any, once
-at least one recipient of the transaction was accepted) for one more try each. result()
+at least one recipient of the transaction was accepted) for one more try each; the
+number it accepted then becomes the cap of later batches. result()
 is one TransactionResult in the caller's order; recipients never tried are TEMPORARY.
 """
 
@@ -36,22 +37,29 @@ class Status(enum.StrEnum):
 
 
 class Stage(enum.StrEnum):
-    """Where the outcome was decided: the envelope (MAIL or RCPT) or the data."""
+    """Where the outcome was decided: the envelope (MAIL or RCPT), the data, or here,
+    before the server was asked (LOCAL: the message or this recipient cannot be
+    carried to this server, e.g. over its SIZE, or SMTPUTF8 needed and not offered)."""
 
     RCPT = "rcpt"
     DATA = "data"
+    LOCAL = "local"
 
 
 @dataclass(frozen=True, slots=True)
 class RecipientResult:
     recipient: str
     status: Status
-    #: The server's reply, or None when the connection ended before it came.
+    #: The server's reply, or None when none came (the connection ended first) or
+    #: none exists (a LOCAL decision).
     reply: Reply | None
-    #: Where it was decided: RCPT (the envelope) or DATA. When the connection ended
-    #: before the reply came, the stage the recipient had reached: DATA once it was
-    #: accepted at RCPT, else RCPT.
+    #: Where it was decided: RCPT (the envelope), DATA or LOCAL. When the connection
+    #: ended before the reply came, the stage the recipient had reached: DATA once it
+    #: was accepted at RCPT, else RCPT.
     stage: Stage
+    #: Why, in words, when there is no reply: a LOCAL decision, or how the connection
+    #: ended. (With a reply, its text says why.)
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +101,7 @@ class Transaction:
         "mail",
         "rcpts",
         "slots",
+        "sent",
         "accepted",
         "mail_ok",
         "rcpt_replies",
@@ -104,6 +113,8 @@ class Transaction:
         self.mail = mail
         self.rcpts = rcpts
         self.slots: list[RecipientResult | None] = [None] * len(rcpts)
+        #: Indices of the recipients given to the server (not refused here), in order.
+        self.sent = list(range(len(rcpts)))
         #: Indices of recipients accepted at RCPT, in RCPT order.
         self.accepted: list[int] = []
         self.mail_ok: bool | None = None
@@ -114,18 +125,42 @@ class Transaction:
         #: Replies received after the end of data so far.
         self.finals = 0
 
-    def _set(self, index: int, status: Status, reply: Reply | None, stage: Stage) -> None:
+    def _set(
+        self,
+        index: int,
+        status: Status,
+        reply: Reply | None,
+        stage: Stage,
+        reason: str | None = None,
+    ) -> None:
         if self.slots[index] is None:
-            self.slots[index] = RecipientResult(self.rcpts[index].address, status, reply, stage)
+            address = self.rcpts[index].address
+            self.slots[index] = RecipientResult(address, status, reply, stage, reason)
+
+    def refuse(self, reason: str, indices: Sequence[int] | None = None) -> None:
+        """PERMANENT here, without the server: the message (indices None) or these
+        recipients cannot be carried to it."""
+        for index in range(len(self.rcpts)) if indices is None else indices:
+            self._set(index, Status.PERMANENT, None, Stage.LOCAL, reason)
+        self.sent = [index for index in self.sent if self.slots[index] is None]
+
+    def distrust(self, reason: str) -> None:
+        """More replies came than were due: no outcome after the data can be paired
+        with certainty, so none of them stands as delivered (or failed): UNKNOWN."""
+        for index, slot in enumerate(self.slots):
+            if slot is not None and slot.stage is Stage.DATA:
+                self.slots[index] = RecipientResult(
+                    slot.recipient, Status.UNKNOWN, slot.reply, Stage.DATA, reason
+                )
 
     def on_mail(self, reply: Reply) -> None:
         self.mail_ok = reply.code < 300
         if not self.mail_ok:
-            for index in range(len(self.rcpts)):
+            for index in self.sent:
                 self._set(index, _status(reply), reply, Stage.RCPT)
 
     def on_rcpt(self, reply: Reply) -> None:
-        index = self.rcpt_replies
+        index = self.sent[self.rcpt_replies]
         self.rcpt_replies += 1
         if not self.mail_ok:
             return  # every slot already holds the MAIL reply
@@ -148,14 +183,15 @@ class Transaction:
     def finals_due(self) -> int:
         return len(self.accepted) - self.finals
 
-    def lost(self) -> None:
+    def lost(self, reason: str) -> None:
         # Once the end of data was written, the server may have stored the message for
         # anyone it did not refuse (with pipelined BDAT LAST, even before we read the
         # RCPT replies); before that, it cannot have stored it for anyone.
         status = Status.UNKNOWN if self.end_sent else Status.TEMPORARY
         accepted = set(self.accepted)
         for index in range(len(self.rcpts)):
-            self._set(index, status, None, Stage.DATA if index in accepted else Stage.RCPT)
+            stage = Stage.DATA if index in accepted else Stage.RCPT
+            self._set(index, status, None, stage, reason)
 
     def result(self) -> TransactionResult:
         assert all(slot is not None for slot in self.slots)
@@ -206,13 +242,15 @@ class DeliveryPlan:
         """The result of the transaction for the last batch."""
         outcomes = result.recipients
         assert len(outcomes) == len(self._batch)
-        accepted = any(r.stage is Stage.DATA for r in outcomes)
+        accepted = sum(r.stage is Stage.DATA for r in outcomes)  # accepted at RCPT
         deferred = []
         for index, outcome in zip(self._batch, outcomes, strict=True):
             self._slots[index] = outcome
             if accepted and index not in self._retried and _deferred_for_limit(outcome):
                 self._retried.add(index)
                 deferred.append(index)
+        if deferred:  # the server showed its limit: later batches keep to it
+            self._cap = min(self._cap or accepted, accepted)
         self._pending = sorted(self._pending + deferred)
         self._batch = []
 

@@ -79,7 +79,8 @@ class Reply:
             raise LocalProtocolError(f"enhanced status {self.enhanced!r} does not fit code {code}")
         if not isinstance(self.text, str) or not REPLY_TEXT.fullmatch(self.text.replace("\n", " ")):
             raise LocalProtocolError(
-                "reply text must be printable ASCII (tabs allowed), lines separated by \\n"
+                "reply text must be printable (tabs allowed, no control characters), lines "
+                "separated by \\n"
             )
 
     @property

@@ -64,8 +64,11 @@ RCPT_TO = re.compile(rf"RCPT TO: ?<{_ROUTE}{_PATH}>(?: (?P<params>.*))?", re.IGN
 BDAT = re.compile(r"BDAT (?P<size>[0-9]{1,18})(?P<last> LAST)?", re.IGNORECASE | re.ASCII)
 
 # Reply-line = *( Reply-code "-" [ textstring ] CRLF ) Reply-code [ SP textstring ] CRLF
-# Reply-code = %x32-35 %x30-35 %x30-39; textstring = 1*(%d09 / %d32-126)
-REPLY_LINE = re.compile(rb"(?P<code>[2-5][0-5][0-9])(?:(?P<sep>[ \-])(?P<text>[\t\x20-\x7e]*))?")
+# Reply-code = %x32-35 %x30-35 %x30-39; textstring = 1*(%d09 / %d32-126), plus UTF-8
+# (RFC 6531 3.7.4 allows it in some replies; servers echo UTF-8 addresses in others).
+REPLY_LINE = re.compile(
+    rb"(?P<code>[2-5][0-5][0-9])(?:(?P<sep>[ \-])(?P<text>[\t\x20-\x7e\x80-\xff]*))?"
+)
 # status-code = class "." subject "." detail (RFC 3463 2; RFC 2034 4)
 ENHANCED = re.compile(r"(?P<code>[245]\.[0-9]{1,3}\.[0-9]{1,3})(?: (?P<rest>.*)|$)", re.DOTALL)
 ENHANCED_CODE = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}")
@@ -73,5 +76,6 @@ ENHANCED_CODE = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}")
 # A command line may hold only these bytes before it is decoded: no NUL, no other
 # control byte, no bare CR or LF (those are what injection is made of).
 COMMAND_BYTES_OK = re.compile(rb"[\x20-\x7e\x80-\xff]*")
-# Reply text: what the reader accepts (RFC 5321 textstring: HT and printable ASCII).
-REPLY_TEXT = re.compile(r"[\t\x20-\x7e]*")
+# Reply text: HT and printable characters, ASCII or not; no C0 or C1 control, no DEL,
+# no lone surrogate (it cannot be written as UTF-8).
+REPLY_TEXT = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f-\x9f\ud800-\udfff]*")

@@ -2,11 +2,14 @@
 
 How it works: take_line() hands over one CRLF-terminated line at a time (bounded by
 Limits.reply_line). Each line must be a three-digit code, then "-" (more lines
-follow), " " or nothing (last line), then printable ASCII; every line of one reply
-must carry the same code, and a reply may have at most Limits.reply_lines lines.
-Anything else raises RemoteProtocolError: a server that breaks reply framing can no
-longer be trusted to pair replies with commands. The enhanced status code (RFC 2034)
-is read from the first line and removed from every line that repeats it.
+follow), " " or nothing (last line), then text: printable ASCII, tabs, and 8-bit bytes
+read as UTF-8 (what is not valid UTF-8 becomes U+FFFD; a C1 control character is
+refused like a C0 one). Every line of one reply must carry the same code, and a reply
+may have at most Limits.reply_lines lines. Anything else raises RemoteProtocolError: a
+server that breaks reply framing can no longer be trusted to pair replies with
+commands; the code and the enhanced code carry the meaning, the text is kept as sent.
+The enhanced status code (RFC 2034) is read from the first line and removed from every
+line that repeats it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 from ._buffer import LineTooLong, ReceiveBuffer
 from ._errors import RemoteProtocolError
 from ._events import Reply
-from ._grammar import ENHANCED, REPLY_LINE
+from ._grammar import ENHANCED, REPLY_LINE, REPLY_TEXT
 from ._limits import Limits
 
 
@@ -50,7 +53,14 @@ class ReplyReader:
                     f"reply line with code {code.decode()} inside a {self._code.decode()} reply"
                 )
             self._code = code
-            self._lines.append((match["text"] or b"").decode("ascii"))
+            text = match["text"] or b""
+            if text.isascii():
+                self._lines.append(text.decode("ascii"))
+            else:
+                decoded = text.decode("utf-8", "replace")
+                if not REPLY_TEXT.fullmatch(decoded):
+                    raise RemoteProtocolError(f"control character in reply line {line[:80]!r}")
+                self._lines.append(decoded)
             if len(self._lines) > self._limits.reply_lines:
                 raise RemoteProtocolError(f"reply of more than {self._limits.reply_lines} lines")
             if match["sep"] != b"-":

@@ -16,6 +16,16 @@ broke a limit or the bare CR/LF policy, the core reads it to its end, queues its
 refusal once per recipient, and returns MessageRefused instead. STARTTLS discards any
 bytes pipelined behind it (command injection) and resets the session. More than
 Limits.max_errors bad commands earn 421 and ConnectionClosed.
+
+A refused DATA ends the session: the refusal is written and ConnectionClosed follows,
+so whatever the client sent after DATA (a body it should have held back until 354) is
+never run as commands, however the input was split (RFC 2920 makes DATA the last
+command of a group). BDAT needs no such rule: a refused chunk's octets are counted
+and consumed. With require_tls, MAIL before TLS gets 530 5.7.0. A server at its
+connection limit makes the core with busy=True: the greeting is 421 4.3.2 and the
+session ends. close_when_idle() is the server going away: 421 4.3.2 and
+ConnectionClosed as soon as no transaction is in progress (at once when none is), so
+a transaction in flight may finish first; `idle` says whether one is.
 """
 
 from __future__ import annotations
@@ -98,6 +108,7 @@ ServerEvent = (
 )
 
 _OK = Reply(250, "2.0.0", "OK")
+_IDLE_STATES = (ServerState.NEED_LHLO, ServerState.READY)
 _BAD_SEQUENCE = "5.5.1"
 _SYNTAX = "5.5.4"
 
@@ -113,16 +124,25 @@ class ServerConnection:
         tls_available: bool = False,
         tls_active: bool = False,
         bare_line_endings: BareLineEndings = BareLineEndings.REJECT,
+        require_tls: bool = False,
+        busy: bool = False,
     ) -> None:
         """``tls_available``: the driver can start TLS, so STARTTLS is offered.
-        ``tls_active``: the connection is already TLS (implicit TLS)."""
+        ``tls_active``: the connection is already TLS (implicit TLS).
+        ``require_tls``: MAIL is refused (530 5.7.0) until TLS is active.
+        ``busy``: the server takes no more connections: the greeting is 421 4.3.2
+        and next_event() gives ConnectionClosed."""
         if not LHLO_DOMAIN.fullmatch(hostname):
             raise LocalProtocolError(f"hostname {hostname!r} is not a domain")
+        if require_tls and not (tls_available or tls_active):
+            raise LocalProtocolError("require_tls needs STARTTLS (tls_available) or tls_active")
         self._hostname = hostname
         self._limits = limits or Limits()
         self._tls_available = tls_available
         self._tls = tls_active
+        self._require_tls = require_tls
         self._bare_policy = bare_line_endings
+        self._closing = False
         self._buffer = ReceiveBuffer()
         self._out = bytearray()
         self._events: deque[ServerEvent] = deque()
@@ -146,7 +166,12 @@ class ServerConnection:
         self._bdat_last = False
         self._bdat_refused: Reply | None = None
         self._resume_state = ServerState.READY
-        self._reply(Reply(220, None, f"{hostname} LMTP server ready"))
+        if busy:
+            refusal = Reply(421, "4.3.2", f"{hostname} Too many connections, try again later")
+            self._reply(refusal)
+            self._close("too many connections", refusal)
+        else:
+            self._reply(Reply(220, None, f"{hostname} LMTP server ready"))
 
     # ---- driver side ---------------------------------------------------------------
 
@@ -177,6 +202,17 @@ class ServerConnection:
         """How many Reply objects the application must send() before reading goes on."""
         return len(self._owed)
 
+    @property
+    def idle(self) -> bool:
+        """No transaction is in progress and no reply is owed: closing now loses nothing."""
+        return self.state in _IDLE_STATES and not self._owed
+
+    def close_when_idle(self) -> None:
+        """The server is going away: from the next next_event() on, answer 421 4.3.2
+        and close as soon as no transaction is in progress (at once if none is). A
+        transaction in progress may finish first; commands after it are not run."""
+        self._closing = True
+
     def next_event(self) -> ServerEvent:
         """The next event, Signal.NEED_DATA (read more) or Signal.PAUSED (reply first).
 
@@ -193,6 +229,11 @@ class ServerConnection:
                 progressed = self._read_data()
             elif self.state is ServerState.BDAT:
                 progressed = self._read_bdat()
+            elif self._closing and self.state in _IDLE_STATES:  # nothing owed: idle
+                progressed = True
+                closing = Reply(421, "4.3.2", f"{self._hostname} Server shutting down")
+                self._reply(closing)
+                self._close("the server is shutting down", closing)
             else:
                 progressed = self._read_command()
             if not progressed:
@@ -270,6 +311,8 @@ class ServerConnection:
             return self._error(Reply(503, _BAD_SEQUENCE, "Send LHLO first"))
         if self.state is not ServerState.READY:
             return self._error(Reply(503, _BAD_SEQUENCE, "Nested MAIL command"))
+        if self._require_tls and not self._tls:
+            return self._error(Reply(530, "5.7.0", "Must issue a STARTTLS command first"))
         match = MAIL_FROM.fullmatch(text)
         if match is None:
             return self._error(Reply(501, _SYNTAX, "Syntax: MAIL FROM:<address> [parameters]"))
@@ -314,18 +357,25 @@ class ServerConnection:
         self._events.append(RcptTo(match["path"], params))
 
     def _data(self, text: str, arg: str) -> None:
+        # A refused DATA ends the session: what follows it may be a body sent before
+        # the 354 (RFC 2920 6: DATA is the last command of a group), never commands.
         if arg:
-            return self._error(Reply(501, _SYNTAX, "Syntax: DATA"))
+            return self._refuse_data(Reply(501, _SYNTAX, "Syntax: DATA"))
         if self.state is not ServerState.MAIL:
-            return self._error(Reply(503, _BAD_SEQUENCE, "Send MAIL first"))
+            return self._refuse_data(Reply(503, _BAD_SEQUENCE, "Send MAIL first"))
         if not self._accepted:
-            return self._error(Reply(503, _BAD_SEQUENCE, "No valid recipients"))
+            return self._refuse_data(Reply(503, _BAD_SEQUENCE, "No valid recipients"))
         if self._binary or self._bdat_used:
-            return self._error(Reply(503, _BAD_SEQUENCE, "BINARYMIME and BDAT exclude DATA"))
+            return self._refuse_data(Reply(503, _BAD_SEQUENCE, "BINARYMIME and BDAT exclude DATA"))
         self._start_body()
         self._decoder = DataDecoder()
         self.state = ServerState.DATA
         self._reply(Reply(354, None, "End data with <CR><LF>.<CR><LF>"))
+
+    def _refuse_data(self, reply: Reply) -> None:
+        refusal = Reply(reply.code, reply.enhanced, f"{reply.text}; closing the connection")
+        self._reply(refusal)
+        self._close("DATA refused", refusal)
 
     def _bdat(self, text: str, arg: str) -> None:
         match = BDAT.fullmatch(text)

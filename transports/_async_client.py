@@ -185,13 +185,17 @@ class AsyncConnection:
         first: AsyncBody | None = body
         try:
             while (batch := plan.next_batch(caps.rcptmax)) is not None:
+                if first is None and not self.idle_clean():  # a further transaction
+                    log.info("[%s] the server spoke or hung up between transactions", self.id)
+                    plan.abandon()
+                    break
                 current = first or body.replay()
                 first = None
                 if current is None:  # a one-shot message: what is left stays as it is
                     plan.abandon()
                     break
                 core.start_transaction(
-                    sender, batch, size=current.size, eight_bit=current.eight_bit
+                    sender, batch, size=current.size, eight_bit=current.eight_bit, nul=current.nul
                 )
                 event = await self._pump(current, deadline)
                 assert isinstance(event, TransactionResult)
@@ -199,17 +203,19 @@ class AsyncConnection:
                 if not core.reusable:
                     plan.abandon()
         finally:
+            body.close()
             if not core.reusable:
                 await self.aclose()
         return plan.result()
 
-    async def aclose(self, quit: bool = True) -> None:
-        """QUIT (when idle and `quit`), then close."""
+    async def aclose(self, quit: bool = True, deadline: Deadline | None = None) -> None:
+        """QUIT (when idle and `quit`; its reply awaited within `deadline` too), then
+        close."""
         if self._stream is None:
             return
         if quit and self._core.reusable:
             self._core.quit()
-            await self._pump(None, Deadline())
+            await self._pump(None, deadline or Deadline())
         stream, self._stream = self._stream, None
         await stream.aclose(forceful=self._failure is not None or not quit)
 
@@ -224,12 +230,15 @@ class AsyncConnection:
                 log.debug("[%s] %s: %s", self.id, side, escape(line))
             data = core.data_to_send()
             if data:
-                limit = timeouts.data_block
+                limit, started = timeouts.data_block, False
                 try:
-                    await stream.send_all(data, deadline.clip(limit))
+                    seconds = deadline.clip(limit)  # raises once the total has passed
+                    started = True
+                    await stream.send_all(data, seconds)
                 except OSError as exc:
                     reason = self._failed(exc, "writing to", deadline.describe(limit))
-                    core.send_failed(reason) if stream.unsent() else core.abort(reason)
+                    unsent = not started or stream.unsent()
+                    core.send_failed(reason) if unsent else core.abort(reason)
                     continue
             if event is Signal.NEED_DATA:
                 if core.replies_received != seen:  # a new reply is awaited: a new deadline
@@ -289,6 +298,7 @@ class AsyncClient:
         self.config = ClientConfig.from_settings(name, settings)
         self._lock = self._backend.lock()
         self._connection: AsyncConnection | None = None
+        self._deadline = Deadline()  # the last delivery's, which bounds the QUIT too
 
     async def __aenter__(self) -> Self:
         return self
@@ -302,12 +312,13 @@ class AsyncClient:
         """Deliver one message; one outcome per recipient, in order."""
         ClientConnection.check_envelope(sender, recipients)
         body = prepare_async(message)
-        deadline = Deadline(self.config.timeouts.total)
+        deadline = self._deadline = Deadline(self.config.timeouts.total)
         await self._take_turn(deadline)
         try:
             connection = self._connection
             if connection is not None and not connection.idle_clean():
-                await connection.aclose(quit=False)  # the server spoke or hung up meanwhile
+                log.info("[%s] the server spoke or hung up while idle: not reused", connection.id)
+                await connection.aclose(quit=False)
                 connection = self._connection = None
             if connection is None:
                 connection = AsyncConnection(self.config, self._backend)
@@ -322,12 +333,14 @@ class AsyncClient:
             self._lock.release()
 
     async def close(self) -> None:
-        """QUIT (if the connection is idle) and close."""
+        """QUIT (if the connection is idle) and close. The wait for QUIT's reply is
+        bounded by the last delivery's total deadline as well as by `command`, so
+        deliver() (connect, deliver, QUIT) never outlasts `total`."""
         await self._backend.acquire(self._lock, None)
         try:
             connection, self._connection = self._connection, None
             if connection is not None:
-                await connection.aclose()
+                await connection.aclose(deadline=self._deadline)
         finally:
             self._lock.release()
 

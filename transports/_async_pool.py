@@ -117,8 +117,12 @@ class AsyncPool:
         try:
             await self._backend.acquire(self._slots, wait)
         except TimeoutError:
+            if remaining is not None and remaining < cfg.wait_timeout:
+                waited = deadline.describe(0)  # the total deadline passed
+            else:
+                waited = f"no connection free within {cfg.wait_timeout:g} s"
             raise PoolTimeout(
-                f"no connection to {self.config.endpoint} free within {wait:g} s "
+                f"{waited} waiting for a connection to {self.config.endpoint} "
                 f"({cfg.max_connections} in use)"
             ) from None
         try:
@@ -129,11 +133,16 @@ class AsyncPool:
                 if connection is None:
                     break
                 young = time.monotonic() - connection.opened < cfg.max_lifetime
-                if young and connection.idle_clean():
+                clean = connection.idle_clean()
+                if young and clean:
                     return connection
+                if not clean:
+                    log.info(
+                        "[%s] the server spoke or hung up while idle: not reused", connection.id
+                    )
                 with self._mutex:
                     self._busy -= 1
-                await connection.aclose(quit=connection.idle_clean())
+                await connection.aclose(quit=clean)
             connection = AsyncConnection(self.config, self._backend)
             try:
                 await connection.open(deadline)

@@ -5,10 +5,16 @@ starts implicit TLS first if the stream is not encrypted yet, then loops on the
 server core: replies are written once per read, not once per event (before waiting,
 upgrading or closing: ServerConfig.flushes_on), NEED_DATA reads, StartTls upgrades the
 stream, and the events the application must decide on go through Session to the
-handler, run by the runtime's backend (awaited if the handler is asynchronous). Every
-wait is bounded by the idle timeout and by what is left of the session timeout; a
-stream failure or a deadline ends the session, logged once, and the stream is always
-closed. Plaintext a client pipelined after STARTTLS is dropped by the stream adapter.
+handler. The runtime's Server lends each session an AsyncSessions: run_handler() runs
+a handler call (inline when it cannot block, else in a bounded pool of worker
+threads, awaited if it is async), sleep() waits out the delay Session asks for after
+too many refused recipients, and `stopping` with receive_idle() tells of a shutdown:
+a read outside a transaction is interrupted by it, and the core is then told to
+close_when_idle(), which answers 421 now or once the transaction in flight is done.
+Every wait (TLS handshakes, each read and each write, the delay) is bounded by the
+idle timeout and by what is left of the session timeout; a stream failure or a
+deadline ends the session, logged once, and the stream is always closed. Plaintext a
+client pipelined after STARTTLS is dropped by the stream adapter.
 
 _sync_server.py is generated from this file by tools/unasync.py.
 """
@@ -17,29 +23,58 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any, Protocol
 
 from lmtp_core import ConnectionClosed, Signal, StartTls
 
-from ._async_client import AsyncBackend, AsyncStream
+from ._async_client import AsyncStream
 from ._config import ServerConfig
 from ._net import new_id
-from ._session import Handler, Session
+from ._session import Call, Handler, Session
 
-__all__ = ["serve_connection"]
+__all__ = ["AsyncSessions", "serve_connection"]
 
 log = logging.getLogger("transports.server")
 
 
+class AsyncSessions(Protocol):
+    """What a runtime's Server lends the sessions it serves."""
+
+    @property
+    def stopping(self) -> bool:
+        """The server is shutting down: close idle sessions, finish busy ones."""
+        ...
+
+    async def run_handler(self, call: Call) -> object:
+        """The call's result: inline if call.inline, else in a worker thread (the
+        blocking server: in the connection's own thread); awaited if awaitable."""
+        ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+    async def receive_idle(self, stream: Any, timeout: float) -> bytes | None:
+        """stream.receive_some(timeout) between transactions; None if the server
+        began to stop meanwhile (`stopping` is then true)."""
+        ...
+
+
 async def serve_connection(
-    stream: AsyncStream, config: ServerConfig, handler: Handler, backend: AsyncBackend
+    stream: AsyncStream, config: ServerConfig, handler: Handler, sessions: AsyncSessions
 ) -> None:
     """Serve one client until it quits, fails or runs out of time; closes the stream."""
     name = f"[{new_id('s')}] {stream.peer(config.endpoint)}"
     end = time.monotonic() + config.session_timeout
     conn = config.connection()
-    session = Session(conn, handler, tls=config.ssl_context is not None, peer=name)
+    session = Session(
+        conn,
+        handler,
+        tls=config.ssl_context is not None,
+        peer=name,
+        refusal_soft_limit=config.refusal_soft_limit,
+        refusal_delay=config.refusal_delay,
+    )
     log.debug("%s: connected", name)
-    clean = False
+    clean = stop_seen = False
     try:
         if config.ssl_context is not None and not stream.tls:
             stream = await stream.start_tls(
@@ -50,8 +85,17 @@ async def serve_connection(
             if config.flushes_on(event) and (data := conn.data_to_send()):
                 await stream.send_all(data, _wait(config, end))
             if event is Signal.NEED_DATA:
-                data = await stream.receive_some(_wait(config, end))
-                conn.receive_data(data) if data else conn.receive_eof()
+                if sessions.stopping and not stop_seen:
+                    stop_seen = True
+                    conn.close_when_idle()  # 421 now if idle, else once the transaction ends
+                    continue
+                if conn.idle:
+                    received = await sessions.receive_idle(stream, _wait(config, end))
+                    if received is None:  # the server began to stop
+                        continue
+                else:
+                    received = await stream.receive_some(_wait(config, end))
+                conn.receive_data(received) if received else conn.receive_eof()
             elif isinstance(event, StartTls):
                 assert config.starttls_context is not None
                 stream = await stream.start_tls(
@@ -65,11 +109,13 @@ async def serve_connection(
                 return
             elif (call := session.handle(event)) is not None:
                 try:
-                    result = await backend.run_handler(call.function, call.args)
+                    result = await sessions.run_handler(call)
                 except Exception as exc:
                     session.failed(call, exc)
                 else:
                     session.complete(call, result)
+                if delay := session.take_delay():  # too many refused recipients
+                    await sessions.sleep(min(delay, _wait(config, end)))
     except OSError as exc:  # TimeoutError and ssl.SSLError included
         log.info("%s: connection ended: %s", name, type(exc).__name__ if not str(exc) else exc)
     finally:
@@ -78,5 +124,6 @@ async def serve_connection(
 
 
 def _wait(config: ServerConfig, end: float) -> float:
-    """How long the next wait may take: the idle timeout, within the session's."""
-    return min(config.idle_timeout, end - time.monotonic())
+    """How long the next wait may take: the idle timeout, within the session's (0 once
+    the session is over: every runtime then times out at once)."""
+    return max(0.0, min(config.idle_timeout, end - time.monotonic()))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import ssl as _ssl
 import time
 from collections.abc import Mapping
@@ -201,6 +202,13 @@ class ServerSettings(TypedDict, total=False):
     limits: the core's Limits. hostname: the name in the greeting.
     idle_timeout: seconds a client may stay silent; session_timeout: the most one
     session may last. bare_line_endings: the core's policy. backlog: listen() queue.
+    max_connections: sessions served at once (1000); past it 421 4.3.2.
+    handler_threads: threads for synchronous handler methods (asyncio, trio; 16).
+    grace: seconds a shutdown gives transactions in flight (30).
+    require_tls: refuse MAIL (530 5.7.0) until TLS is active.
+    refusal_soft_limit, refusal_delay: after this many refused recipients in a
+    session (10), each further refusal waits this many seconds (1).
+    sock: an already listening socket to serve (it is closed, never unlinked).
     """
 
     socket_path: str | None
@@ -214,6 +222,13 @@ class ServerSettings(TypedDict, total=False):
     session_timeout: float
     bare_line_endings: BareLineEndings
     backlog: int
+    max_connections: int
+    handler_threads: int
+    grace: float
+    require_tls: bool
+    refusal_soft_limit: int
+    refusal_delay: float
+    sock: socket.socket | None
 
 
 _CLIENT_KEYS = frozenset(ClientSettings.__annotations__)
@@ -461,6 +476,26 @@ class ServerConfig:
     #: Connections the kernel queues before accept(); asyncio's default of 100 makes a
     #: burst of 1,000 clients fail. Linux caps it at net.core.somaxconn (4096).
     backlog: int = 1024
+    #: Sessions served at once, per process; past it a connection gets 421 4.3.2. Each
+    #: takes a file descriptor (the blocking server: a thread), so keep it under
+    #: `ulimit -n`.
+    max_connections: int = 1000
+    #: Worker threads for the application's synchronous handler methods (asyncio and
+    #: trio; the blocking server runs them in the connection's own thread).
+    handler_threads: int = 16
+    #: Seconds a shutdown lets transactions in flight finish before closing them.
+    grace: float = 30.0
+    #: MAIL gets 530 5.7.0 until the session is encrypted (Postfix's
+    #: smtpd_tls_security_level = encrypt).
+    require_tls: bool = False
+    #: Refused recipients a session may have before each further refusal waits
+    #: refusal_delay seconds (Postfix: smtpd_soft_error_limit 10, smtpd_error_sleep_time
+    #: 1 s): a reject list cannot be harvested fast, a real delivery is only slowed.
+    refusal_soft_limit: int = 10
+    refusal_delay: float = 1.0
+    #: A socket already bound and listening (a pre-forked worker's, systemd's): served
+    #: instead of binding one; closed on shutdown, its path never removed.
+    sock: socket.socket | None = None
 
     def __post_init__(self) -> None:
         if self.ssl_context is not None and self.starttls_context is not None:
@@ -469,6 +504,25 @@ class ServerConfig:
             )
         if isinstance(self.backlog, bool) or not isinstance(self.backlog, int) or self.backlog < 1:
             raise ConfigurationError("backlog must be a positive int")
+        for name in ("max_connections", "handler_threads"):
+            if not _positive_int(getattr(self, name)):
+                raise ConfigurationError(
+                    f"{name} must be a positive int, not {getattr(self, name)!r}"
+                )
+        if not _positive_int(self.refusal_soft_limit + 1):  # 0 delays every refusal
+            raise ConfigurationError("refusal_soft_limit must be an int of 0 or more")
+        for name in ("grace", "refusal_delay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+                raise ConfigurationError(f"{name} must be a number of 0 or more, not {value!r}")
+        if self.require_tls and self.ssl_context is None and self.starttls_context is None:
+            raise ConfigurationError("require_tls needs ssl_context or starttls_context")
+        if self.sock is not None and (
+            not isinstance(self.sock, socket.socket) or self.sock.type != socket.SOCK_STREAM
+        ):
+            raise ConfigurationError("sock must be a listening SOCK_STREAM socket")
+        if self.sock is not None and self.socket_path is not None:
+            raise ConfigurationError("give sock or socket_path, not both")
         for name in ("idle_timeout", "session_timeout"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
@@ -488,6 +542,11 @@ class ServerConfig:
 
     @property
     def endpoint(self) -> str:
+        if self.sock is not None:
+            name = self.sock.getsockname()
+            if self.sock.family == socket.AF_UNIX:
+                return f"unix:{name if isinstance(name, str) else repr(name)}"
+            return endpoint_name(None, name[0], name[1])
         return endpoint_name(self.socket_path, self.host, self.port)
 
     def flushes_on(self, event: object) -> bool:
@@ -496,11 +555,14 @@ class ServerConfig:
         one write instead of one per command."""
         return event is Signal.NEED_DATA or isinstance(event, StartTls | ConnectionClosed)
 
-    def connection(self) -> ServerConnection:
+    def connection(self, busy: bool = False) -> ServerConnection:
+        """The core for one session; busy=True: one past max_connections (421 4.3.2)."""
         return ServerConnection(
             self.hostname,
             limits=self.limits,
             tls_available=self.starttls_context is not None,
             tls_active=self.ssl_context is not None,
             bare_line_endings=self.bare_line_endings,
+            require_tls=self.require_tls,
+            busy=busy,
         )

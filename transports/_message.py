@@ -27,7 +27,7 @@ from typing import IO, Any, TypeAlias
 
 from lmtp_core import normalized_size
 
-__all__ = ["AsyncBody", "Body", "Message", "prepare", "prepare_async"]
+__all__ = ["AsyncBody", "Body", "Message", "Spool", "prepare", "prepare_async"]
 
 PIECE = 1024 * 1024
 READ_SIZE = 64 * 1024
@@ -50,21 +50,31 @@ class Body:
     eight_bit: bool | None
     #: The pieces once more from the start, for a further transaction; None: one-shot.
     again: Callable[[], Iterator[bytes]] | None = None
+    nul: bool | None = None  # the message has NUL bytes (None: not known)
+    spool: Spool | None = None
 
     def next_piece(self) -> bytes | None:
         return next(self.pieces, None)
 
     def replay(self) -> Body | None:
         """The same message from its start, or None if it cannot be read again."""
-        if self.again is None:
+        if self.spool is not None:
+            pieces = self.spool.pieces()
+        elif self.again is not None:
+            pieces = self.again()
+        else:
             return None
-        return Body(self.again(), self.size, self.eight_bit, self.again)
+        return Body(pieces, self.size, self.eight_bit, self.again, self.nul, self.spool)
 
     def keep(self) -> None:
         """Spool a one-shot message as it is read, so that replay() works."""
-        if self.again is None:
-            spool = tempfile.SpooledTemporaryFile(max_size=PIECE)  # noqa: SIM115
-            self.pieces, self.again = _tee(self.pieces, spool), _spooled(spool)
+        if self.again is None and self.spool is None:
+            self.spool = Spool(self.pieces)
+            self.pieces = self.spool.pieces()
+
+    def close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
 
 
 @dataclass(slots=True)
@@ -73,6 +83,8 @@ class AsyncBody:
     size: int | None
     eight_bit: bool | None
     again: Callable[[], Iterator[bytes]] | None = None
+    nul: bool | None = None
+    spool: Spool | None = None
 
     async def next_piece(self) -> bytes | None:
         if isinstance(self.pieces, Iterator):
@@ -80,38 +92,68 @@ class AsyncBody:
         return await anext(self.pieces, None)
 
     def replay(self) -> AsyncBody | None:
-        if self.again is None:
+        pieces: Iterator[bytes] | AsyncIterator[bytes]
+        if self.spool is not None:
+            pieces = self.spool.async_pieces()
+        elif self.again is not None:
+            pieces = self.again()
+        else:
             return None
-        return AsyncBody(self.again(), self.size, self.eight_bit, self.again)
+        return AsyncBody(pieces, self.size, self.eight_bit, self.again, self.nul, self.spool)
 
     def keep(self) -> None:
-        if self.again is None:
-            spool = tempfile.SpooledTemporaryFile(max_size=PIECE)  # noqa: SIM115
-            if isinstance(self.pieces, Iterator):
-                self.pieces = _tee(self.pieces, spool)
-            else:
-                self.pieces = _tee_async(self.pieces, spool)
-            self.again = _spooled(spool)
+        if self.again is None and self.spool is None:
+            self.spool = Spool(self.pieces)
+            self.pieces = self.spool.async_pieces()
+
+    def close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
 
 
-def _tee(pieces: Iterator[bytes], spool: IO[bytes]) -> Iterator[bytes]:
-    for piece in pieces:
-        spool.write(piece)
-        yield piece
+class Spool:
+    """A one-shot source copied to a temporary file (memory up to 1 MiB) as it is read.
+    Each reading yields what is stored, then goes on with the source where any earlier
+    reading stopped (a transaction cut short, or one that never asked for the body),
+    so every reading is the whole message."""
 
+    def __init__(self, source: Iterator[bytes] | AsyncIterator[bytes]) -> None:
+        self._source = source
+        self._file = tempfile.SpooledTemporaryFile(max_size=PIECE)  # noqa: SIM115
 
-async def _tee_async(pieces: AsyncIterator[bytes], spool: IO[bytes]) -> AsyncIterator[bytes]:
-    async for piece in pieces:
-        spool.write(piece)
-        yield piece
+    def _stored(self) -> Iterator[bytes]:
+        file = self._file
+        end = file.seek(0, os.SEEK_END)
+        position = 0
+        while position < end:
+            file.seek(position)
+            piece = file.read(min(READ_SIZE, end - position))
+            position += len(piece)
+            yield piece
 
+    def _store(self, piece: bytes) -> bytes:
+        self._file.seek(0, os.SEEK_END)
+        self._file.write(piece)
+        return piece
 
-def _spooled(spool: IO[bytes]) -> Callable[[], Iterator[bytes]]:
-    def again() -> Iterator[bytes]:
-        spool.seek(0)
-        return _read(spool)
+    def pieces(self) -> Iterator[bytes]:
+        yield from self._stored()
+        assert isinstance(self._source, Iterator)
+        for piece in self._source:
+            yield self._store(piece)
 
-    return again
+    async def async_pieces(self) -> AsyncIterator[bytes]:
+        for piece in self._stored():
+            yield piece
+        if isinstance(self._source, Iterator):
+            for piece in self._source:
+                yield self._store(piece)
+        else:
+            async for piece in self._source:
+                yield self._store(piece)
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def _rewound(file: IO[bytes]) -> Callable[[], Iterator[bytes]] | None:
@@ -174,7 +216,7 @@ def prepare_async(message: Message) -> AsyncBody:
     if isinstance(message, AsyncIterable):
         return AsyncBody(_checked_async(message), None, None)
     body = prepare(message)
-    return AsyncBody(body.pieces, body.size, body.eight_bit, body.again)
+    return AsyncBody(body.pieces, body.size, body.eight_bit, body.again, body.nul)
 
 
 def prepare(message: Message) -> Body:
@@ -186,7 +228,11 @@ def prepare(message: Message) -> Body:
     if isinstance(message, bytes | bytearray):
         data = message
         return Body(
-            _slices(data), normalized_size(bytes(data)), not data.isascii(), lambda: _slices(data)
+            _slices(data),
+            normalized_size(bytes(data)),
+            not data.isascii(),
+            lambda: _slices(data),
+            b"\x00" in data,
         )
     if isinstance(message, str):
         raise TypeError("the message must be bytes (encode it first), not str")

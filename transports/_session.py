@@ -3,15 +3,25 @@
 How it works: a Session wraps one ServerConnection and the application's Handler.
 handle(event) keeps the envelope up to date, spools MessageData into a
 SpooledTemporaryFile (memory up to a threshold, then disk), and returns a Call when
-the handler must decide (MAIL, RCPT, the complete message). The driver runs the call
-(awaiting it if the handler is async) and hands the result, or the exception, to
+the handler must decide (MAIL, RCPT, the complete message). A Call is `inline` when
+running it cannot block: the method is Handler's own (the application did not
+override it) or is `async def`; the asyncio and trio drivers run every other call in a
+worker thread. The driver runs the call and hands the result, or the exception, to
 complete(), which turns it into the replies the core owes: None means accept, a Reply
 is used as is, and a handler exception becomes 451 4.3.0 for everyone it concerned
 (logged here, never sent to the peer as text). The driver never sees a reply code.
+
+Refused recipients have a budget of their own, apart from the core's error budget
+(syntax and sequence errors): past `refusal_soft_limit` refusals in a session, each
+further one asks the driver, through take_delay(), to wait `refusal_delay` seconds
+before answering (Postfix's smtpd_soft_error_limit and smtpd_error_sleep_time). A
+delivery to many unknown users is slowed, never cut off; harvesting a reject list
+is.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
@@ -95,17 +105,40 @@ class Call:
     function: Callable[..., object]
     args: tuple[Any, ...]
     replies: int  # how many replies the result must give
+    #: Calling it cannot block (Handler's own method, or async def): no thread needed.
+    inline: bool = False
+
+
+_HANDLER_OWN = frozenset({Handler.mail_from, Handler.rcpt_to, Handler.deliver})
+
+
+def _inline(method: Callable[..., object]) -> bool:
+    own = getattr(method, "__func__", None) in _HANDLER_OWN
+    return own or inspect.iscoroutinefunction(method)
 
 
 class Session:
     def __init__(
-        self, conn: ServerConnection, handler: Handler, *, tls: bool = False, peer: str = ""
+        self,
+        conn: ServerConnection,
+        handler: Handler,
+        *,
+        tls: bool = False,
+        peer: str = "",
+        refusal_soft_limit: int = 10,
+        refusal_delay: float = 1.0,
     ) -> None:
         self.conn = conn
         self.handler = handler
         self.peer = peer
         self.envelope = Envelope(tls=tls)
         self._pending: tuple[str, object] | None = None
+        self._inline = {
+            name: _inline(getattr(handler, name)) for name in ("mail_from", "rcpt_to", "deliver")
+        }
+        self._soft_limit, self._delay = refusal_soft_limit, refusal_delay
+        self.refused = 0  # recipients refused in this session
+        self._owed_delay = 0.0
 
     def handle(self, event: object) -> Call | None:
         env = self.envelope
@@ -116,15 +149,17 @@ class Session:
             env.size += len(event.data)
         elif isinstance(event, MailFrom):
             self._pending = ("mail", event)
-            return Call(self.handler.mail_from, (event.address, event.params), 1)
+            args = (event.address, event.params)
+            return Call(self.handler.mail_from, args, 1, self._inline["mail_from"])
         elif isinstance(event, RcptTo):
             self._pending = ("rcpt", event)
-            return Call(self.handler.rcpt_to, (event.address, event.params), 1)
+            args = (event.address, event.params)
+            return Call(self.handler.rcpt_to, args, 1, self._inline["rcpt_to"])
         elif isinstance(event, EndOfData):
             if env.message is None:
                 env.message = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115
             env.message.seek(0)
-            return Call(self.handler.deliver, (env,), len(env.recipients))
+            return Call(self.handler.deliver, (env,), len(env.recipients), self._inline["deliver"])
         elif isinstance(event, MessageRefused):
             log.info("%s: message refused by the core: %s", self.peer, event.reply)
             self.new_transaction()
@@ -181,6 +216,9 @@ class Session:
             kind, event = pending
             if isinstance(event, RcptTo):
                 log.info("%s: %s %s", self.peer, escape(event.address), replies[0])
+                self.refused += 1
+                if self.refused > self._soft_limit:
+                    self._owed_delay = self._delay
         elif pending is not None:
             kind, event = pending
             if kind == "mail" and isinstance(event, MailFrom):
@@ -192,6 +230,11 @@ class Session:
             for recipient, reply in zip(env.recipients, replies, strict=True):
                 log.info("%s: %s %s", self.peer, escape(recipient), reply)
             self.new_transaction()
+
+    def take_delay(self) -> float:
+        """Seconds to wait before the next reply goes out (0: none), once."""
+        delay, self._owed_delay = self._owed_delay, 0.0
+        return delay
 
     def new_transaction(self) -> None:
         env = self.envelope

@@ -187,13 +187,17 @@ class SyncConnection:
         first: Body | None = body
         try:
             while (batch := plan.next_batch(caps.rcptmax)) is not None:
+                if first is None and not self.idle_clean():  # a further transaction
+                    log.info("[%s] the server spoke or hung up between transactions", self.id)
+                    plan.abandon()
+                    break
                 current = first or body.replay()
                 first = None
                 if current is None:  # a one-shot message: what is left stays as it is
                     plan.abandon()
                     break
                 core.start_transaction(
-                    sender, batch, size=current.size, eight_bit=current.eight_bit
+                    sender, batch, size=current.size, eight_bit=current.eight_bit, nul=current.nul
                 )
                 event = self._pump(current, deadline)
                 assert isinstance(event, TransactionResult)
@@ -201,17 +205,19 @@ class SyncConnection:
                 if not core.reusable:
                     plan.abandon()
         finally:
+            body.close()
             if not core.reusable:
                 self.close()
         return plan.result()
 
-    def close(self, quit: bool = True) -> None:
-        """QUIT (when idle and `quit`), then close."""
+    def close(self, quit: bool = True, deadline: Deadline | None = None) -> None:
+        """QUIT (when idle and `quit`; its reply awaited within `deadline` too), then
+        close."""
         if self._stream is None:
             return
         if quit and self._core.reusable:
             self._core.quit()
-            self._pump(None, Deadline())
+            self._pump(None, deadline or Deadline())
         stream, self._stream = self._stream, None
         stream.close(forceful=self._failure is not None or not quit)
 
@@ -226,12 +232,15 @@ class SyncConnection:
                 log.debug("[%s] %s: %s", self.id, side, escape(line))
             data = core.data_to_send()
             if data:
-                limit = timeouts.data_block
+                limit, started = timeouts.data_block, False
                 try:
-                    stream.send_all(data, deadline.clip(limit))
+                    seconds = deadline.clip(limit)  # raises once the total has passed
+                    started = True
+                    stream.send_all(data, seconds)
                 except OSError as exc:
                     reason = self._failed(exc, "writing to", deadline.describe(limit))
-                    core.send_failed(reason) if stream.unsent() else core.abort(reason)
+                    unsent = not started or stream.unsent()
+                    core.send_failed(reason) if unsent else core.abort(reason)
                     continue
             if event is Signal.NEED_DATA:
                 if core.replies_received != seen:  # a new reply is awaited: a new deadline
@@ -291,6 +300,7 @@ class SyncClient:
         self.config = ClientConfig.from_settings(name, settings)
         self._lock = self._backend.lock()
         self._connection: SyncConnection | None = None
+        self._deadline = Deadline()  # the last delivery's, which bounds the QUIT too
 
     def __enter__(self) -> Self:
         return self
@@ -304,12 +314,13 @@ class SyncClient:
         """Deliver one message; one outcome per recipient, in order."""
         ClientConnection.check_envelope(sender, recipients)
         body = prepare(message)
-        deadline = Deadline(self.config.timeouts.total)
+        deadline = self._deadline = Deadline(self.config.timeouts.total)
         self._take_turn(deadline)
         try:
             connection = self._connection
             if connection is not None and not connection.idle_clean():
-                connection.close(quit=False)  # the server spoke or hung up meanwhile
+                log.info("[%s] the server spoke or hung up while idle: not reused", connection.id)
+                connection.close(quit=False)
                 connection = self._connection = None
             if connection is None:
                 connection = SyncConnection(self.config, self._backend)
@@ -324,12 +335,14 @@ class SyncClient:
             self._lock.release()
 
     def close(self) -> None:
-        """QUIT (if the connection is idle) and close."""
+        """QUIT (if the connection is idle) and close. The wait for QUIT's reply is
+        bounded by the last delivery's total deadline as well as by `command`, so
+        deliver() (connect, deliver, QUIT) never outlasts `total`."""
         self._backend.acquire(self._lock, None)
         try:
             connection, self._connection = self._connection, None
             if connection is not None:
-                connection.close()
+                connection.close(deadline=self._deadline)
         finally:
             self._lock.release()
 

@@ -119,8 +119,12 @@ class SyncPool:
         try:
             self._backend.acquire(self._slots, wait)
         except TimeoutError:
+            if remaining is not None and remaining < cfg.wait_timeout:
+                waited = deadline.describe(0)  # the total deadline passed
+            else:
+                waited = f"no connection free within {cfg.wait_timeout:g} s"
             raise PoolTimeout(
-                f"no connection to {self.config.endpoint} free within {wait:g} s "
+                f"{waited} waiting for a connection to {self.config.endpoint} "
                 f"({cfg.max_connections} in use)"
             ) from None
         try:
@@ -131,11 +135,16 @@ class SyncPool:
                 if connection is None:
                     break
                 young = time.monotonic() - connection.opened < cfg.max_lifetime
-                if young and connection.idle_clean():
+                clean = connection.idle_clean()
+                if young and clean:
                     return connection
+                if not clean:
+                    log.info(
+                        "[%s] the server spoke or hung up while idle: not reused", connection.id
+                    )
                 with self._mutex:
                     self._busy -= 1
-                connection.close(quit=connection.idle_clean())
+                connection.close(quit=clean)
             connection = SyncConnection(self.config, self._backend)
             try:
                 connection.open(deadline)

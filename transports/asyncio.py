@@ -52,20 +52,24 @@ class StreamPair:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader, self._writer = reader, writer
         self.tls = writer.get_extra_info("sslcontext") is not None
+        self._refused = False
         writer.transport.set_write_buffer_limits(high=0)
 
     async def send_all(self, data: bytes, timeout: float) -> None:
         writer = self._writer
         writer.write(data)
         transport = writer.transport
-        if transport.get_write_buffer_size() or transport.is_closing():
+        # Closing already, with no turn of the loop since write(): its send() failed
+        # (or the connection was gone before), so none of these bytes left.
+        self._refused = transport.is_closing()
+        if transport.get_write_buffer_size() or self._refused:
             async with asyncio.timeout(timeout):  # wait for the rest, or learn the error
                 await writer.drain()
 
     def unsent(self) -> bool:
-        # A transport that lost its connection drops its buffer, so an empty one
-        # proves nothing either way.
-        return self._writer.transport.get_write_buffer_size() > 0
+        # Bytes still in the buffer never left; but a transport that lost its
+        # connection drops its buffer, so an empty one proves nothing either way.
+        return self._refused or self._writer.transport.get_write_buffer_size() > 0
 
     async def receive_some(self, timeout: float) -> bytes:
         async with asyncio.timeout(timeout):

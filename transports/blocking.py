@@ -108,7 +108,7 @@ class SocketBackend:
         return threading.Lock()
 
     def acquire(self, lock: threading.Lock | threading.Semaphore, timeout: float | None) -> None:
-        if not lock.acquire(timeout=-1 if timeout is None else timeout):
+        if not (lock.acquire() if timeout is None else lock.acquire(timeout=timeout)):
             raise TimeoutError("timed out")
 
     def semaphore(self, value: int) -> threading.Semaphore:

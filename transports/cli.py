@@ -96,7 +96,8 @@ def _rows(result: TransactionResult) -> list[dict[str, Any]]:
             "code": r.reply.code if r.reply else None,
             "enhanced": r.reply.enhanced if r.reply else None,
             "text": r.reply.text if r.reply else None,
-            "stage": r.stage.value if r.stage else None,
+            "stage": r.stage.value,
+            "reason": r.reason,
         }
         for r in result.recipients
     ]
@@ -106,10 +107,9 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
     width = max(len(row["recipient"]) for row in rows)
     for row in rows:
         code = f"{row['code']} {row['enhanced'] or ''}".strip() if row["code"] else "-"
-        text = (row["text"] or "").replace("\n", " / ")
+        text = (row["text"] or row["reason"] or "").replace("\n", " / ")
         print(
-            f"{row['recipient']:<{width}}  {row['status']:<9}  {row['stage'] or '-':<4}  "
-            f"{code:<9}  {text}"
+            f"{row['recipient']:<{width}}  {row['status']:<9}  {row['stage']:<5}  {code:<9}  {text}"
         )
 
 

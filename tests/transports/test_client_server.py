@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from lmtp_core import Limits, LocalProtocolError, Params, Reply, Stage, Status, TransactionResult
+from lmtp_core import Limits, Params, Reply, Stage, Status, TransactionResult
 from transports import Envelope, Handler
 
 from .runtimes import (
@@ -469,16 +469,37 @@ def test_server_size_limit_refuses_with_552_for_everyone(
 def test_message_over_the_advertised_size_is_refused_before_mail(
     client: str, sock_path: str
 ) -> None:
+    # A message this server cannot take is an outcome, not an exception: every
+    # recipient PERMANENT at Stage.LOCAL, with the reason, and nothing sent.
     handler = Recorder()
-    with (
-        running_server(
-            "blocking", handler, socket_path=sock_path, limits=Limits(max_message_size=1000)
-        ),
-        pytest.raises(LocalProtocolError, match="SIZE"),
+    with running_server(
+        "blocking", handler, socket_path=sock_path, limits=Limits(max_message_size=1000)
     ):
         message = b"z" * 500 + b"\r\n" + b"z" * 600
-        deliver(client, message, SENDER, ["a@x.example"], socket_path=sock_path)
+        result = deliver(
+            client, message, SENDER, ["a@x.example", "b@x.example"], socket_path=sock_path
+        )
+    assert [(r.status, r.stage, r.reply) for r in result.recipients] == [
+        (Status.PERMANENT, Stage.LOCAL, None)
+    ] * 2
+    assert all("SIZE limit (1000)" in (r.reason or "") for r in result.recipients)
     assert handler.senders == []
+
+
+@pytest.mark.parametrize("client", RUNTIMES)
+def test_nul_before_a_dot_never_goes_out_as_8bitmime(client: str, sock_path: str) -> None:
+    # RFC 2045: no NUL in 8bit data; a receiver that strips NUL would see CRLF.CRLF.
+    handler = Recorder()
+    with running_server("blocking", handler, socket_path=sock_path):
+        message = b"Subject: nul\r\n\r\nfirst\r\n\x00.\r\nRCPT TO:<victim@x.example>\r\n"
+        result = deliver(client, message, SENDER, ["a@x.example"], socket_path=sock_path)
+        later = deliver(client, MESSAGE, SENDER, ["a@x.example"], socket_path=sock_path)
+    (outcome,) = result.recipients
+    assert (outcome.status, outcome.stage, outcome.reply) == (Status.PERMANENT, Stage.LOCAL, None)
+    assert "NUL" in (outcome.reason or "")
+    assert handler.senders == [SENDER]  # only the later, clean message reached MAIL
+    assert later.all_delivered
+    assert handler.recipients == ["a@x.example"]
 
 
 class BarrierHandler(Recorder):
