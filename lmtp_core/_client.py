@@ -28,7 +28,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ._body import BodyEncoder, LongLines
 from ._buffer import ReceiveBuffer
@@ -89,6 +89,9 @@ class _Await(enum.Enum):
     QUIT = enum.auto()
 
 
+# Replies that need no more than _on_transaction_reply() unless they are 3xx or 421.
+_PLAIN = frozenset({_Await.MAIL, _Await.RCPT, _Await.BDAT, _Await.BDAT_LAST, _Await.FINAL})
+
 _PHASE = {
     _Await.GREETING: Phase.GREETING,
     _Await.LHLO: Phase.LHLO,
@@ -117,31 +120,41 @@ class Capabilities:
 
     server: str
     extensions: tuple[tuple[str, str], ...]
+    #: keyword -> its text, the first of each (looked up for every transaction).
+    _index: dict[str, str] = field(init=False, repr=False, compare=False, hash=False)
+    _size: int | None = field(init=False, repr=False, compare=False, hash=False)
+    _rcptmax: int | None = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        index: dict[str, str] = {}
+        for key, value in self.extensions:
+            index.setdefault(key.upper(), value)
+        object.__setattr__(self, "_index", index)
+        object.__setattr__(self, "_size", _number(index.get("SIZE")))
+        rcptmax = None
+        for item in index.get("LIMITS", "").split():
+            name, _, value = item.partition("=")
+            if name.upper() == "RCPTMAX":
+                rcptmax = _number(value)
+                break
+        object.__setattr__(self, "_rcptmax", rcptmax)
 
     def __contains__(self, keyword: object) -> bool:
-        return isinstance(keyword, str) and self.param(keyword) is not None
+        return isinstance(keyword, str) and keyword.upper() in self._index
 
     def param(self, keyword: str) -> str | None:
         """The text after the keyword ("" if none), or None if it was not offered."""
-        keyword = keyword.upper()
-        for key, value in self.extensions:
-            if key == keyword:
-                return value
-        return None
+        return self._index.get(keyword.upper())
 
     @property
     def size(self) -> int | None:
         """The SIZE limit in octets, or None when none is given (RFC 1870: 0 is none)."""
-        return _number(self.param("SIZE"))
+        return self._size
 
     @property
     def rcptmax(self) -> int | None:
         """The most recipients per transaction (RFC 9422 LIMITS RCPTMAX=), or None."""
-        for item in (self.param("LIMITS") or "").split():
-            name, _, value = item.partition("=")
-            if name.upper() == "RCPTMAX":
-                return _number(value)
-        return None
+        return self._rcptmax
 
     @classmethod
     def from_reply(cls, reply: Reply) -> Capabilities:
@@ -178,9 +191,19 @@ _BODY_NEEDS = {"7BIT": None, "8BITMIME": "8BITMIME", "BINARYMIME": "BINARYMIME"}
 ClientEvent = Ready | TransactionResult | StartTls | ConnectionClosed | Signal
 
 
+# Addresses already found valid (one set a role): a delivery checks each address before
+# connecting and again in start_transaction(), and the same recipients recur. Bounded:
+# emptied when full. A pure memo of a pure function.
+_VALID: dict[str, set[str]] = {"sender": set(), "recipient": set()}
+_VALID_MAX = 4096
+
+
 def _check_address(address: str, what: str) -> None:
     """A valid RFC 5321 (or, beyond ASCII, RFC 6531) mailbox within the length limits of
     RFC 5321 4.5.3.1; "" is the null sender. Whatever passes cannot break a command."""
+    valid = _VALID[what]
+    if type(address) is str and address in valid:
+        return
     if not isinstance(address, str):
         raise LocalProtocolError(f"{what} must be a str, not {type(address).__name__}")
     if address == "" and what == "sender":
@@ -191,6 +214,9 @@ def _check_address(address: str, what: str) -> None:
     # The path limit (256 with "<>") is the tighter one for the domain (255).
     if len(match["local"].encode()) > MAX_LOCAL_PART or len(address.encode()) + 2 > MAX_PATH:
         raise LocalProtocolError(f"{what} {address!r} is over the RFC 5321 4.5.3.1 length limits")
+    if len(valid) >= _VALID_MAX:
+        valid.clear()
+    valid.add(address)
 
 
 def _check_params(params: Params) -> None:
@@ -416,10 +442,12 @@ class ClientConnection:
         if not rcpts:
             raise LocalProtocolError("a transaction needs at least one recipient")
         _check_address(mail.address, "sender")
-        _check_params(mail.params)
+        if mail.params:
+            _check_params(mail.params)
         for rcpt in rcpts:
             _check_address(rcpt.address, "recipient")
-            _check_params(rcpt.params)
+            if rcpt.params:
+                _check_params(rcpt.params)
         params = {key.upper(): value for key, value in mail.params}
         body = (params.get("BODY") or "7BIT").upper()
         if body not in _BODY_NEEDS:
@@ -432,7 +460,7 @@ class ClientConnection:
             self._txn = txn
             self.state = ClientState.TRANSACTION
             return self._unsolicited()
-        refusal = _unoffered(mail.params, caps)
+        refusal = _unoffered(mail.params, caps) if mail.params else None
         if not mail.address.isascii() and not utf8:
             refusal = "the sender's address needs SMTPUTF8, which the server did not offer"
         if refusal is None and size is not None and caps.size is not None and size > caps.size:
@@ -449,8 +477,8 @@ class ClientConnection:
         if refusal is not None:
             txn.refuse(refusal)
         for index, rcpt in enumerate(rcpts):
-            why = _unoffered(rcpt.params, caps)
-            if not rcpt.address.isascii() and not utf8:
+            why = _unoffered(rcpt.params, caps) if rcpt.params else None
+            if not utf8 and not rcpt.address.isascii():
                 why = "this address needs SMTPUTF8, which the server did not offer"
             if why is not None:
                 txn.refuse(why, [index])
@@ -462,12 +490,12 @@ class ClientConnection:
         if size is not None and "SIZE" in caps and "SIZE" not in params:
             params["SIZE"] = str(size)
         txn.mail = mail = MailFrom(mail.address, tuple(params.items()))
-        lines = [self._command_line(f"MAIL FROM:<{mail.address}>{write_params(mail.params)}")]
+        command_line = self._command_line
+        lines = [command_line(f"MAIL FROM:<{mail.address}>{write_params(mail.params)}")]
         for index in txn.sent:
             rcpt = rcpts[index]
-            lines.append(
-                self._command_line(f"RCPT TO:<{rcpt.address}>{write_params(rcpt.params)}")
-            )
+            tail = write_params(rcpt.params) if rcpt.params else ""
+            lines.append(command_line(f"RCPT TO:<{rcpt.address}>{tail}"))
 
         # Everything is valid: commit.
         use_bdat = binary or (self._chunking and "CHUNKING" in caps)
@@ -562,7 +590,7 @@ class ClientConnection:
             _check_address(rcpt.address if isinstance(rcpt, RcptTo) else rcpt, "recipient")
 
     def _command_line(self, line: str) -> str:
-        if len(line.encode()) + 2 > self._limits.command_line:
+        if (len(line) if line.isascii() else len(line.encode())) + 2 > self._limits.command_line:
             raise LocalProtocolError(f"command longer than {self._limits.command_line} octets")
         return line
 
@@ -600,6 +628,11 @@ class ClientConnection:
         self.replies_received += 1
         if self._trace is not None:
             self._trace.append(("S", str(reply)))
+        code = reply.code
+        if kind in _PLAIN and code != 421 and not 300 <= code < 400:
+            # The bulk of a transaction: a 2xx, 4xx or 5xx to MAIL, RCPT, BDAT or after
+            # the data. Everything else (3xx, 421, session replies) goes the long way.
+            return self._on_transaction_reply(kind, reply)
         if kind is _Await.GREETING:
             if reply.code != 220:
                 return self._close("the server refused the session", reply)

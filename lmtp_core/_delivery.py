@@ -212,36 +212,52 @@ class DeliveryPlan:
     """The transactions one message needs for its recipients (see the module comment).
 
     Use: ``while (batch := plan.next_batch(rcptmax)) is not None``: run a transaction
-    for ``batch`` (RcptTo objects, in order) and give its result to ``record()``; then
-    ``result()``. ``per_transaction`` is the client's own cap (None: none)."""
+    for ``batch`` (the recipients as given, in order) and give its result to
+    ``record()``; then ``result()``. ``per_transaction`` is the client's own cap (None:
+    none). One transaction for everyone, the common case, costs next to nothing: its
+    result is returned as it came."""
 
-    __slots__ = ("_rcpts", "_cap", "_pending", "_retried", "_batch", "_slots")
+    __slots__ = ("_rcpts", "_cap", "_pending", "_retried", "_batch", "_slots", "_whole")
 
-    def __init__(self, recipients: Sequence[RcptTo], per_transaction: int | None = None) -> None:
-        self._rcpts = tuple(recipients)
+    def __init__(
+        self, recipients: Sequence[str | RcptTo], per_transaction: int | None = None
+    ) -> None:
+        self._rcpts = recipients
         self._cap = per_transaction
-        self._pending = list(range(len(self._rcpts)))  # indices still to try
+        self._pending = list(range(len(recipients)))  # indices still to try
         self._retried: set[int] = set()
         self._batch: list[int] = []
-        self._slots: list[RecipientResult | None] = [None] * len(self._rcpts)
+        self._slots: list[RecipientResult | None] = [None] * len(recipients)
+        self._whole: TransactionResult | None = None  # one transaction said it all
 
     @property
     def more(self) -> bool:
         """More than one transaction is already known to be needed (or under way)."""
         return len(self._pending) > (self._cap or len(self._pending))
 
-    def next_batch(self, rcptmax: int | None = None) -> list[RcptTo] | None:
+    def next_batch(self, rcptmax: int | None = None) -> Sequence[str | RcptTo] | None:
         """The recipients of the next transaction, or None when every one has a result."""
-        if not self._pending:
+        pending = self._pending
+        if not pending:
             return None
-        size = min(n for n in (self._cap, rcptmax, len(self._pending)) if n)
-        self._batch, self._pending = self._pending[:size], self._pending[size:]
+        size = len(pending)
+        for limit in (self._cap, rcptmax):
+            if limit and limit < size:
+                size = limit
+        if size == len(self._rcpts):  # everyone at once
+            self._batch, self._pending = pending, []
+            return self._rcpts
+        self._batch, self._pending = pending[:size], pending[size:]
         return [self._rcpts[i] for i in self._batch]
 
     def record(self, result: TransactionResult) -> None:
         """The result of the transaction for the last batch."""
         outcomes = result.recipients
         assert len(outcomes) == len(self._batch)
+        if len(outcomes) == len(self._rcpts) and not any(map(_deferred_for_limit, outcomes)):
+            self._whole, self._slots, self._batch = result, list(outcomes), []
+            return
+        self._whole = None
         accepted = sum(r.stage is Stage.DATA for r in outcomes)  # accepted at RCPT
         deferred = []
         for index, outcome in zip(self._batch, outcomes, strict=True):
@@ -260,9 +276,15 @@ class DeliveryPlan:
 
     def result(self) -> TransactionResult:
         """One outcome per recipient given, in order; never tried: TEMPORARY at RCPT."""
+        if self._whole is not None:
+            return self._whole
         return TransactionResult(
             tuple(
-                slot or RecipientResult(rcpt.address, Status.TEMPORARY, None, Stage.RCPT)
+                slot or RecipientResult(_address(rcpt), Status.TEMPORARY, None, Stage.RCPT)
                 for slot, rcpt in zip(self._slots, self._rcpts, strict=True)
             )
         )
+
+
+def _address(rcpt: str | RcptTo) -> str:
+    return rcpt.address if isinstance(rcpt, RcptTo) else rcpt

@@ -62,6 +62,18 @@ class Reply:
     enhanced: str | None = None
     text: str = ""
 
+    @classmethod
+    def _parsed(cls, code: int, enhanced: str | None, text: str) -> Reply:
+        """A Reply from what the reader already checked: the grammar that parsed it
+        is at least as strict as __post_init__, which is skipped (h11 builds its events
+        from parsed input the same way). Not for outside use."""
+        reply = object.__new__(cls)
+        setattr_ = object.__setattr__
+        setattr_(reply, "code", code)
+        setattr_(reply, "enhanced", enhanced)
+        setattr_(reply, "text", text)
+        return reply
+
     def __post_init__(self) -> None:
         code = self.code
         if (

@@ -36,46 +36,54 @@ class ReplyReader:
 
     def read(self, buffer: ReceiveBuffer) -> Reply | None:
         """The next complete reply in ``buffer``, or None until one is complete."""
+        limit = self._limits.reply_line
         while True:
-            line = buffer.take_line(self._limits.reply_line)
+            line = buffer.take_line(limit)
             if line is None:
                 return None
             if line is LineTooLong.TOKEN:
-                raise RemoteProtocolError(
-                    f"reply line longer than {self._limits.reply_line} octets"
-                )
+                raise RemoteProtocolError(f"reply line longer than {limit} octets")
             match = REPLY_LINE.fullmatch(line)
             if match is None:
                 raise RemoteProtocolError(f"malformed reply line {line[:80]!r}")
-            code = match["code"]
-            if self._lines and code != self._code:
+            code, sep, raw = match.group("code", "sep", "text")
+            if raw is None:
+                text = ""
+            elif raw.isascii():
+                text = raw.decode("ascii")
+            else:
+                text = raw.decode("utf-8", "replace")
+                if not REPLY_TEXT.fullmatch(text):
+                    raise RemoteProtocolError(f"control character in reply line {line[:80]!r}")
+            lines = self._lines
+            if not lines:
+                if sep != b"-":  # the common case: a one-line reply
+                    return _make_reply(code, [text])
+                self._code = code
+            elif code != self._code:
                 raise RemoteProtocolError(
                     f"reply line with code {code.decode()} inside a {self._code.decode()} reply"
                 )
-            self._code = code
-            text = match["text"] or b""
-            if text.isascii():
-                self._lines.append(text.decode("ascii"))
-            else:
-                decoded = text.decode("utf-8", "replace")
-                if not REPLY_TEXT.fullmatch(decoded):
-                    raise RemoteProtocolError(f"control character in reply line {line[:80]!r}")
-                self._lines.append(decoded)
-            if len(self._lines) > self._limits.reply_lines:
+            lines.append(text)
+            if len(lines) > self._limits.reply_lines:
                 raise RemoteProtocolError(f"reply of more than {self._limits.reply_lines} lines")
-            if match["sep"] != b"-":
-                lines, self._lines = self._lines, []
-                return _make_reply(int(code), lines)
+            if sep != b"-":
+                self._lines = []
+                return _make_reply(code, lines)
 
 
-def _make_reply(code: int, lines: list[str]) -> Reply:
+def _make_reply(code: bytes, lines: list[str]) -> Reply:
     enhanced = None
-    first = ENHANCED.match(lines[0])
-    if first is not None and first["code"][0] == str(code)[0]:
-        enhanced = first["code"]
-        prefix = enhanced + " "
-        lines = [
-            line[len(prefix) :] if line.startswith(prefix) else "" if line == enhanced else line
-            for line in lines
-        ]
-    return Reply(code, enhanced, "\n".join(lines))
+    first = lines[0]
+    if first[:1] == chr(code[0]):  # an enhanced code starts with the reply's class
+        match = ENHANCED.match(first)
+        if match is not None:
+            enhanced = match["code"]
+            prefix = enhanced + " "
+            lines = [
+                line[len(prefix) :] if line.startswith(prefix) else "" if line == enhanced else line
+                for line in lines
+            ]
+    # REPLY_LINE checked the code's digits and every character of the text, and the
+    # enhanced code matched ENHANCED and its class: nothing for Reply() to refuse.
+    return Reply._parsed(int(code), enhanced, lines[0] if len(lines) == 1 else "\n".join(lines))

@@ -12,13 +12,14 @@ peer-controlled text safe for one log line.
 from __future__ import annotations
 
 import itertools
+import math
 import select
 import socket
 from typing import Any
 
 from ._config import endpoint_name
 
-__all__ = ["escape", "idle_clean", "new_id", "peer_name"]
+__all__ = ["Poller", "escape", "idle_clean", "new_id", "peer_name"]
 
 _ids = itertools.count(1)
 
@@ -29,11 +30,22 @@ def new_id(prefix: str) -> str:
 
 def idle_clean(fileno: int) -> bool:
     """True when nothing (no byte, no end of file, no error) arrived on the descriptor."""
-    if fileno < 0:
-        return False
-    poller = select.poll()
-    poller.register(fileno, select.POLLIN | select.POLLPRI)
-    return not poller.poll(0)
+    return fileno >= 0 and Poller(fileno, select.POLLIN | select.POLLPRI).ready(0) is False
+
+
+class Poller:
+    """poll() on one descriptor for some events, registered once (a stream asks before
+    every delivery, and the blocking one before every read)."""
+
+    __slots__ = ("_poll",)
+
+    def __init__(self, fileno: int, events: int) -> None:
+        self._poll = select.poll()
+        self._poll.register(fileno, events)
+
+    def ready(self, timeout: float) -> bool:
+        """Whether the events (or an error, or a hang-up) came within `timeout` seconds."""
+        return bool(self._poll.poll(math.ceil(timeout * 1000) if timeout > 0 else 0))
 
 
 def peer_name(sock: Any, listening: str = "") -> str:

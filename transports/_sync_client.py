@@ -178,10 +178,7 @@ class SyncConnection:
         reusable. Each recipient's outcome is from its last transaction."""
         core, caps = self._core, self.capabilities
         assert caps is not None
-        plan = DeliveryPlan(
-            [r if isinstance(r, RcptTo) else RcptTo(r) for r in recipients],
-            self.config.recipients_per_transaction,
-        )
+        plan = DeliveryPlan(recipients, self.config.recipients_per_transaction)
         if plan.more or (caps.rcptmax is not None and caps.rcptmax < len(recipients)):
             body.keep()  # it will be sent more than once
         first: Body | None = body
