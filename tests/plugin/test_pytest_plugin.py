@@ -64,7 +64,7 @@ def test_asyncio_client_against_the_tcp_fixture(lmtp_server_tcp: LMTPTestServer)
     _policy(lmtp_server_tcp)
 
     async def main() -> object:
-        async with lmtp_asyncio.Client(host="127.0.0.1", port=lmtp_server_tcp.port) as client:
+        async with lmtp_asyncio.Client(**lmtp_server_tcp.settings) as client:
             return await client.deliver(MESSAGE, SENDER, TO)
 
     _check(lmtp_server_tcp, asyncio.run(main()))
