@@ -87,9 +87,10 @@ class AsyncBody:
     spool: Spool | None = None
 
     async def next_piece(self) -> bytes | None:
-        if isinstance(self.pieces, Iterator):
-            return next(self.pieces, None)
-        return await anext(self.pieces, None)
+        pieces = self.pieces
+        if hasattr(pieces, "__next__"):  # not isinstance(): an ABC check costs more
+            return next(pieces, None)  # type: ignore[arg-type]
+        return await anext(pieces, None)
 
     def replay(self) -> AsyncBody | None:
         pieces: Iterator[bytes] | AsyncIterator[bytes]
@@ -213,7 +214,7 @@ def _file_size(file: Any) -> int | None:
 
 def prepare_async(message: Message) -> AsyncBody:
     """As prepare(), for the async drivers: async iterables are welcome too."""
-    if isinstance(message, AsyncIterable):
+    if not isinstance(message, bytes) and isinstance(message, AsyncIterable):
         return AsyncBody(_checked_async(message), None, None)
     body = prepare(message)
     return AsyncBody(body.pieces, body.size, body.eight_bit, body.again, body.nul)
