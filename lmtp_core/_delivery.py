@@ -258,15 +258,19 @@ class DeliveryPlan:
             self._whole, self._slots, self._batch = result, list(outcomes), []
             return
         self._whole = None
-        accepted = sum(r.stage is Stage.DATA for r in outcomes)  # accepted at RCPT
+        accepted = 0  # accepted at RCPT so far, in RCPT order
+        limit = None  # how many the server took before its first deferral
         deferred = []
         for index, outcome in zip(self._batch, outcomes, strict=True):
             self._slots[index] = outcome
-            if accepted and index not in self._retried and _deferred_for_limit(outcome):
+            if outcome.stage is Stage.DATA:
+                accepted += 1
+            elif accepted and index not in self._retried and _deferred_for_limit(outcome):
                 self._retried.add(index)
                 deferred.append(index)
-        if deferred:  # the server showed its limit: later batches keep to it
-            self._cap = min(self._cap or accepted, accepted)
+                limit = accepted if limit is None else limit
+        if limit is not None:  # the server showed its limit: later batches keep to it
+            self._cap = min(self._cap or limit, limit)
         self._pending = sorted(self._pending + deferred)
         self._batch = []
 
