@@ -11,7 +11,7 @@ import os
 
 import nox
 
-nox.options.sessions = ["lint", "typing", "tests", "interop", "fuzz"]
+nox.options.sessions = ["lint", "typing", "tests", "interop", "fuzz", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
@@ -77,6 +77,28 @@ def fuzz(session: nox.Session) -> None:
     session.install("-e", ".[fuzz]")
     seconds = os.environ.get("FUZZ_SECONDS", "30")
     session.run("python", "tests/fuzz/run_all.py", "--seconds", seconds, *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """The Sphinx site in docs/, built from scratch with warnings as errors (-W) and every
+    cross-reference checked (-n); offline. HTML goes to .nox/docs/tmp/html."""
+    session.install("-e", ".[docs]")
+    tmp = session.create_tmp()
+    session.run(
+        "sphinx-build",
+        "-E",
+        "-W",
+        "--keep-going",
+        "-n",
+        "-b",
+        "html",
+        "-d",
+        os.path.join(tmp, "doctrees"),
+        "docs",
+        os.path.join(tmp, "html"),
+        *session.posargs,
+    )
 
 
 @nox.session(python=PYTHON)

@@ -468,7 +468,11 @@ class ClientConnection:
         if "BODY" not in params and eight_bit is not False and "8BITMIME" in caps:
             params["BODY"] = body = "8BITMIME"
         if refusal is None and eight_bit and body == "7BIT":
-            refusal = "the message has 8-bit bytes and the server did not offer 8BITMIME"
+            refusal = (
+                "the message has 8-bit bytes but BODY=7BIT was declared"
+                if "8BITMIME" in caps
+                else "the message has 8-bit bytes and the server did not offer 8BITMIME"
+            )
         binary = body == "BINARYMIME"
         if refusal is None and nul and not binary:
             refusal = "the message has NUL bytes, which only BODY=BINARYMIME can carry"

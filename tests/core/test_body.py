@@ -3,8 +3,10 @@ LineLengths and has_bare_line_ending (lmtp_core._body). Covers CR/LF/CRLF normal
 dot-stuffing and the terminator, chunk boundaries between CR and LF or before a dot,
 chunking invariance, the no-early-CRLF.CRLF and no-bare-line-ending invariants, the
 encode/decode round trip in random splits, BDAT and binary modes, the RFC 5321 line-length
-limit (including the stride check inside a big chunk), 8-bit refusal, and every SMTP
-smuggling sequence, all checked against small independent reference implementations.
+limit (including the stride check inside a big chunk), 8-bit refusal, NUL refusal outside
+BINARYMIME (RFC 2045 2.7 and 2.8: a receiver that strips NUL would read "\r\n\x00.\r\n"
+as the end of the data), and every SMTP smuggling sequence, all checked against small
+independent reference implementations.
 """
 
 from __future__ import annotations
@@ -96,8 +98,14 @@ bodies = st.one_of(
 
 
 @st.composite
-def split_bodies(draw: st.DrawFn, allow_empty: bool = False) -> tuple[bytes, list[bytes]]:
+def split_bodies(
+    draw: st.DrawFn, allow_empty: bool = False, nul: bool = True
+) -> tuple[bytes, list[bytes]]:
+    """A body and a cut of it; ``nul=False``: without NUL (text the encoder can send
+    unless it is binary)."""
     body = draw(bodies)
+    if not nul:
+        body = body.replace(b"\x00", b"")
     points = draw(st.lists(st.integers(0, len(body)), max_size=12))
     chunks = cut(body, points)
     if not allow_empty:
@@ -201,7 +209,7 @@ def test_size_counts_input_octets() -> None:
     assert encoder.size == 5
 
 
-@given(split_bodies(allow_empty=True))
+@given(split_bodies(allow_empty=True, nul=False))
 @settings(BASE, max_examples=300)
 def test_chunking_invariance(case: tuple[bytes, list[bytes]]) -> None:
     body, chunks = case
@@ -209,7 +217,7 @@ def test_chunking_invariance(case: tuple[bytes, list[bytes]]) -> None:
     assert encode(chunks, dot_stuff=False) == encode([body], dot_stuff=False)
 
 
-@given(split_bodies())
+@given(split_bodies(nul=False))
 @settings(BASE, max_examples=300)
 def test_data_output_matches_reference_and_invariants(case: tuple[bytes, list[bytes]]) -> None:
     body, chunks = case
@@ -224,7 +232,7 @@ def test_data_output_matches_reference_and_invariants(case: tuple[bytes, list[by
     assert BARE.search(wire) is None
 
 
-@given(split_bodies(), st.integers(0, 2**32 - 1))
+@given(split_bodies(nul=False), st.integers(0, 2**32 - 1))
 @settings(BASE, max_examples=300)
 def test_round_trip_through_data_decoder(case: tuple[bytes, list[bytes]], seed: int) -> None:
     body, chunks = case
@@ -256,7 +264,7 @@ def test_bdat_is_normalised_not_stuffed(body: bytes, wire: bytes) -> None:
         assert encode(chunks, dot_stuff=False) == wire
 
 
-@given(split_bodies())
+@given(split_bodies(nul=False))
 @settings(BASE, max_examples=200)
 def test_bdat_output_matches_reference(case: tuple[bytes, list[bytes]]) -> None:
     body, chunks = case
@@ -415,6 +423,83 @@ def test_8bit_refused_without_8bitmime() -> None:
 
 def test_8bit_passes_by_default() -> None:
     assert encode([b"caf\xc3\xa9"], dot_stuff=True) == b"caf\xc3\xa9\r\n.\r\n"
+
+
+# ---- NUL ------------------------------------------------------------------------------
+
+NUL_REFUSED = "the message has NUL bytes, which only BODY=BINARYMIME can carry"
+
+
+def encode_until_refused(chunks: list[bytes], **kwargs: object) -> tuple[bytes, str | None]:
+    """What the encoder gave before it refused the body, and the refusal (or None)."""
+    encoder = BodyEncoder(**kwargs)  # type: ignore[arg-type]
+    out = bytearray()
+    try:
+        for chunk in chunks:
+            out += encoder.encode(chunk)
+        out += encoder.finish()
+    except LocalProtocolError as exc:
+        return bytes(out), str(exc)
+    return bytes(out), None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\x00",
+        b"a\r\n\x00.\r\nMAIL FROM:<x@y>\r\n",  # CRLF.CRLF once a receiver strips NUL
+        b"a\r\n.\x00\r\n",
+        b"\x00.\r\n",
+        b"a\n\x00\n",
+        b"text\x00",
+        b"caf\xc3\xa9\x00",
+    ],
+)
+@pytest.mark.parametrize("dot_stuff", [True, False])
+def test_nul_refused_unless_binary(body: bytes, dot_stuff: bool) -> None:
+    # RFC 2045 2.7 and 2.8: NUL is not 7bit or 8bit data. Whatever the split, the
+    # encoder refuses the chunk that holds the NUL, and nothing it gave holds one.
+    nul_at = body.index(b"\x00")
+    for chunks in every_split(body):
+        given_out, error = encode_until_refused(chunks, dot_stuff=dot_stuff)
+        assert error == NUL_REFUSED
+        assert b"\x00" not in given_out
+        # everything before the chunk with the NUL went through as usual
+        fed = 0
+        for chunk in chunks:
+            if fed + len(chunk) > nul_at:
+                break
+            fed += len(chunk)
+        expected = BodyEncoder(dot_stuff=dot_stuff)
+        assert given_out == expected.encode(body[:fed])
+    # BODY=BINARYMIME (BDAT only) carries it untouched
+    for chunks in every_split(body):
+        assert encode(chunks, dot_stuff=False, binary=True) == body
+
+
+@given(split_bodies(allow_empty=True), st.booleans())
+@settings(BASE, max_examples=300)
+def test_refused_exactly_when_the_body_has_nul(
+    case: tuple[bytes, list[bytes]], dot_stuff: bool
+) -> None:
+    body, chunks = case
+    given_out, error = encode_until_refused(chunks, dot_stuff=dot_stuff)
+    assert (error is not None) is (b"\x00" in body)
+    assert b"\x00" not in given_out
+    if error is not None:
+        assert error == NUL_REFUSED
+    binary = BodyEncoder(dot_stuff=False, binary=True)
+    assert b"".join(binary.encode(chunk) for chunk in chunks) + binary.finish() == body
+
+
+def test_nul_refused_even_with_8bit_and_long_lines_allowed() -> None:
+    encoder = BodyEncoder(dot_stuff=True, allow_8bit=True, max_line=None)
+    assert encoder.encode(b"ok\r\n") == b"ok\r\n"
+    with pytest.raises(LocalProtocolError, match="NUL"):
+        encoder.encode(b"\r\n\x00.\r\n")
+    # the 8-bit check comes first when both apply
+    with pytest.raises(LocalProtocolError, match="8BITMIME"):
+        BodyEncoder(dot_stuff=True, allow_8bit=False).encode(b"\x00\xff")
 
 
 # ---- SMTP smuggling -------------------------------------------------------------------
@@ -604,6 +689,7 @@ def test_line_ending_check_matches_whole(case: tuple[bytes, list[bytes]]) -> Non
 def test_normalized_size_is_what_the_bdat_encoder_sends(body: bytes, cuts: list[int]) -> None:
     from lmtp_core import normalized_size
 
+    body = body.replace(b"\x00", b"")  # NUL is refused: see test_nul_refused_...
     encoder = BodyEncoder(dot_stuff=False)
     bounds = sorted({0, len(body), *(c for c in cuts if c <= len(body))})
     sent = b"".join(encoder.encode(body[a:b]) for a, b in itertools.pairwise(bounds))

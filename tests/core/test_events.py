@@ -1,5 +1,6 @@
 """Events and limits (lmtp_core._events, lmtp_core._limits): Reply validation (code range,
-enhanced status class matching the code, no CR or control characters in the text, "\\n"
+enhanced status class matching the code, no CR or control characters (C0, DEL, C1) and no
+lone surrogate in the text, which may be any other text and is written as UTF-8, "\\n"
 between lines, nothing in a Reply that the writer could turn into a second line), Reply's
 lines / is_positive / is_transient / is_permanent / str(); every event class is frozen,
 hashable and slotted, and the events the server core produces hold bytes, never
@@ -104,22 +105,53 @@ def test_enhanced_must_be_only_a_status_code(enhanced: str) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["a\rb", "a\r\nb", "\r", "a\x00b", "a\x1bb", "a\x7fb", "a\x0bb", "a\x0cb", "trailing\r"],
+    [
+        "a\rb",
+        "a\r\nb",
+        "\r",
+        "a\x00b",
+        "a\x1bb",
+        "a\x7fb",
+        "a\x0bb",
+        "a\x0cb",
+        "trailing\r",
+        "a\x85b",  # C1 controls, which UTF-8 could carry: NEL, CSI, the first and last
+        "a\x9bb",
+        "\x80",
+        "\x9f",
+        "m\u00fcller\x1b[0m",
+    ],
 )
 def test_reply_text_refuses_cr_and_control_characters(text: str) -> None:
     with pytest.raises(LocalProtocolError, match="reply text"):
         Reply(250, None, text)
 
 
-@pytest.mark.parametrize("text", ["a\ud800b"])
+@pytest.mark.parametrize("text", ["a\ud800b", "\udfff", "m\u00fcller \udc80"])
 def test_reply_text_must_be_encodable(text: str) -> None:
     # A lone surrogate must be refused by Reply: write_reply (ServerConnection.send)
     # would raise UnicodeEncodeError, which is not a ProtocolError.
-    try:
-        reply = Reply(250, None, text)
-    except LocalProtocolError:
-        return
-    write_reply(reply)
+    with pytest.raises(LocalProtocolError, match="reply text"):
+        Reply(250, None, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "wire"),
+    [
+        ("m\u00fcller", b"250 m\xc3\xbcller\r\n"),
+        (
+            "\u7528\u6237@\u4f8b\u5b50.\u5e7f\u544a",
+            "250 \u7528\u6237@\u4f8b\u5b50.\u5e7f\u544a\r\n".encode(),
+        ),
+        ("caf\ufffd\u00a0\U0001f600", "250 caf\ufffd\u00a0\U0001f600\r\n".encode()),
+        ("\u00e9\n\u00e8", b"250-\xc3\xa9\r\n250 \xc3\xa8\r\n"),
+    ],
+)
+def test_reply_text_may_be_any_printable_text_written_as_utf8(text: str, wire: bytes) -> None:
+    # RFC 6531 3.7.4: UTF-8 in reply text; the client reads it back (test_readers).
+    reply = Reply(250, None, text)
+    assert reply.text == text
+    assert write_reply(reply) == wire
 
 
 def test_reply_text_may_hold_tab() -> None:

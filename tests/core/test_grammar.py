@@ -485,6 +485,11 @@ def test_command_words_match_ascii_only(pattern: re.Pattern[str], line: str) -> 
         (b"550 a\tb", b"550", b" ", b"a\tb"),
         (b"200 ~", b"200", b" ", b"~"),
         (b"559 x", b"559", b" ", b"x"),
+        # 8-bit text (UTF-8 or not): the reader decodes it (RFC 6531 3.7.4)
+        (b"250 \x80", b"250", b" ", b"\x80"),
+        (b"550 caf\xc3\xa9", b"550", b" ", b"caf\xc3\xa9"),
+        (b"250-\xe7\x94\xa8\xe6\x88\xb7 \xff", b"250", b"-", b"\xe7\x94\xa8\xe6\x88\xb7 \xff"),
+        (b"250 a\xc2\x85b", b"250", b" ", b"a\xc2\x85b"),  # C1: refused after decoding
     ],
 )
 def test_reply_line(line: bytes, code: bytes, sep: bytes | None, text: bytes | None) -> None:
@@ -495,7 +500,21 @@ def test_reply_line(line: bytes, code: bytes, sep: bytes | None, text: bytes | N
 
 @pytest.mark.parametrize(
     "line",
-    [b"199 x", b"600 x", b"260 x", b"25 x", b"2500", b"250x", b"250 \x00", b"250 \x80", b"250 \r"],
+    [
+        b"199 x",
+        b"600 x",
+        b"260 x",
+        b"25 x",
+        b"2500",
+        b"250x",
+        b"250 \x00",
+        b"250 \r",
+        b"250 \n",
+        b"250 \x1b[31m",
+        b"250 \x7f",
+        b"250 caf\xc3\xa9\x01",
+        b"250\xc3\xa9",
+    ],
 )
 def test_reply_line_refused(line: bytes) -> None:
     assert REPLY_LINE.fullmatch(line) is None
@@ -550,12 +569,22 @@ def test_enhanced_code_alone(code: str, ok: bool) -> None:
         ("", True),
         ("a\tb", True),
         ("~!@#$%^&*()", True),
-        ("\u00fcber", False),  # the reader takes ASCII only, so Reply does too
+        ("\u00fcber", True),  # UTF-8 on the wire (RFC 6531 3.7.4)
+        ("\u7528\u6237@\u4f8b\u5b50.\u5e7f\u544a", True),
+        ("caf\ufffd", True),  # what the reader makes of invalid UTF-8
+        ("\u00a0", True),
+        ("\U0001f600", True),
         ("a\rb", False),
         ("a\nb", False),
         ("a\x00b", False),
         ("a\x7fb", False),
         ("a\x1bb", False),
+        ("a\x85b", False),  # C1 controls: NEL, CSI, the last one
+        ("a\x9bb", False),
+        ("a\x80b", False),
+        ("a\x9fb", False),
+        ("a\ud800b", False),  # a lone surrogate cannot be written as UTF-8
+        ("a\udfffb", False),
     ],
 )
 def test_reply_text(text: str, ok: bool) -> None:

@@ -3,9 +3,11 @@
 the first line and stripped from every line, codes that disagree across lines, invalid
 codes, missing separators, NUL / 8-bit / control bytes, a reply line that never ends
 (bounded memory), endless "250-" continuations (Limits.reply_lines), and the round trip
-write_reply -> ReplyReader. Every reader case runs whole, byte by byte and in random
-splits and must give the same replies and the same error; nothing but a Reply, None or
-RemoteProtocolError may come out of the reader, whatever the server sends.
+write_reply -> ReplyReader (UTF-8 text included). Reply text may be UTF-8: it is decoded,
+what is not valid UTF-8 becomes U+FFFD, and a C1 control character is refused like a C0
+one. Every reader case runs whole, byte by byte and in random splits and must give the
+same replies and the same error; nothing but a Reply, None or RemoteProtocolError may
+come out of the reader, whatever the server sends.
 """
 
 from __future__ import annotations
@@ -180,8 +182,7 @@ def test_reply_text_is_str_never_bytes() -> None:
         b"250_x",
         b"250\tx",
         b"250 a\x00b",
-        b"250 caf\xc3\xa9",
-        b"250 a\x80",
+        b"250 caf\xc3\xa9\x00",
         b"250 a\x1bb",
         b"250 a\x7f",
         b"250 a\rb",
@@ -194,6 +195,52 @@ def test_malformed_line_is_a_remote_protocol_error(line: bytes) -> None:
     assert replies == [Reply(250, None, "first")]
     assert error is not None
     assert "malformed reply line" in error
+
+
+@pytest.mark.parametrize(
+    ("data", "reply"),
+    [
+        # RFC 6531 3.7.4, and servers that echo a UTF-8 address in any reply
+        (b"250 2.1.5 caf\xc3\xa9\r\n", Reply(250, "2.1.5", "caf\u00e9")),
+        (
+            "550 5.1.1 <\u7528\u6237@\u4f8b\u5b50.\u5e7f\u544a> unknown\r\n".encode(),
+            Reply(550, "5.1.1", "<\u7528\u6237@\u4f8b\u5b50.\u5e7f\u544a> unknown"),
+        ),
+        (
+            "250-2.0.0 m\u00fcller\r\n250 2.0.0 \U0001f600\r\n".encode(),
+            Reply(250, "2.0.0", "m\u00fcller\n\U0001f600"),
+        ),
+        # what is not valid UTF-8 becomes U+FFFD, one per maximal bad sequence
+        (b"250 caf\xe9\r\n", Reply(250, None, "caf\ufffd")),
+        (b"250 \xff\xfe ok\r\n", Reply(250, None, "\ufffd\ufffd ok")),
+        (b"250 \xc3\r\n", Reply(250, None, "\ufffd")),  # cut short by the line end
+        (b"250 \xed\xa0\x80\r\n", Reply(250, None, "\ufffd\ufffd\ufffd")),  # a surrogate
+        (b"250 \xc0\x8a\r\n", Reply(250, None, "\ufffd\ufffd")),  # overlong LF
+        (b"250 \xc2\xa0\r\n", Reply(250, None, "\u00a0")),  # NBSP is not C1
+        (b"250 \x80\r\n", Reply(250, None, "\ufffd")),
+        # an enhanced code is still read before 8-bit text
+        (b"452 4.2.2 Postfach voll: \xc3\xbc\r\n", Reply(452, "4.2.2", "Postfach voll: \u00fc")),
+    ],
+)
+def test_utf8_reply_text_is_decoded(data: bytes, reply: Reply) -> None:
+    assert read_one(data) == reply
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"250 a\xc2\x85b",  # NEL
+        b"250 \xc2\x9b31m",  # CSI
+        b"250 \xc2\x80",
+        b"250 \xc2\x9f",
+        b"250-ok \xc3\xa9\xc2\x8d",
+    ],
+)
+def test_c1_control_in_reply_text_is_a_remote_protocol_error(line: bytes) -> None:
+    # A C1 control character is one only once the text is decoded: refused like C0.
+    replies, error, _ = read_three_ways(b"250 first\r\n" + line + b"\r\n250 after\r\n")
+    assert replies == [Reply(250, None, "first")]
+    assert error == f"control character in reply line {line!r}"
 
 
 def test_tab_in_reply_text() -> None:
@@ -317,6 +364,13 @@ def test_reader_only_ever_raises_remote_protocol_error(data: bytes, seed: int) -
 # ---- round trip: write_reply -> ReplyReader --------------------------------------------------
 
 printable_line = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40)
+#: Any text Reply() takes: no C0 but tab, no DEL, no C1, no lone surrogate.
+unicode_line = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\n").filter(
+        lambda c: c == "\t" or not (c < " " or "\x7f" <= c <= "\x9f")
+    ),
+    max_size=40,
+)
 
 
 @st.composite
@@ -326,7 +380,7 @@ def replies(draw: st.DrawFn) -> Reply:
     if code // 100 != 3 and draw(st.booleans()):
         subject, detail = draw(st.integers(0, 999)), draw(st.integers(0, 999))
         enhanced = f"{code // 100}.{subject}.{detail}"
-    lines = draw(st.lists(printable_line, min_size=1, max_size=5))
+    lines = draw(st.lists(printable_line | unicode_line, min_size=1, max_size=5))
     first = ENHANCED.match(lines[0])
     if enhanced is None and first is not None and lines[0][0] == str(code)[0]:
         # "250 2.0.0 x" is read as enhanced 2.0.0: see test_enhanced_looking_text_...
@@ -348,6 +402,8 @@ def test_write_then_read_round_trip(sent: list[Reply], seed: int) -> None:
         (260, None, "x"),  # RFC 5321 Reply-code: second digit %x30-35
         (599, "5.0.0", "x"),
         (550, "5.1.1", "Benutzer unbekannt: m\u00fcller"),
+        (250, None, "\u7528\u6237 \ufffd \U0001f600"),
+        (250, "2.0.0", "a\x85b"),  # C1: Reply refuses it, as the reader does
     ],
 )
 def test_every_reply_that_can_be_built_reads_back(
@@ -382,6 +438,8 @@ def test_enhanced_looking_text_reads_back_as_enhanced() -> None:
         (Reply(250, None, "a\nb\nc"), b"250-a\r\n250-b\r\n250 c\r\n"),
         (Reply(550, "5.1.1", "a\nb"), b"550-5.1.1 a\r\n550 5.1.1 b\r\n"),
         (Reply(250, None, "a\n"), b"250-a\r\n250 \r\n"),
+        (Reply(550, "5.1.1", "m\u00fcller"), b"550 5.1.1 m\xc3\xbcller\r\n"),  # UTF-8
+        (Reply(250, None, "\u7528\n\u6237"), b"250-\xe7\x94\xa8\r\n250 \xe6\x88\xb7\r\n"),
     ],
 )
 def test_write_reply(reply: Reply, wire: bytes) -> None:

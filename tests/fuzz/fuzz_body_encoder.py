@@ -9,8 +9,9 @@ Also checked against independent oracles (a regex, not the core's own helpers): 
 output is exactly the normalised body with each leading dot doubled plus ".\\r\\n";
 without dot-stuffing (BDAT) it is the normalised body; with a line limit the encoder
 refuses the body, for every split alike, exactly when a normalised line is too long,
-and without 8BITMIME exactly when the body has a byte over 127; normalized_size() (the
-SIZE= value) is the length of the normalised body.
+without 8BITMIME exactly when the body has a byte over 127, and always when it has a NUL
+(only BODY=BINARYMIME carries NUL, RFC 2045 2.7 and 2.8; this encoder is never binary);
+normalized_size() (the SIZE= value) is the length of the normalised body.
 
 Input flags (tests/fuzz/_input.py): bit 0 turns dot-stuffing off (BDAT), bit 1 sets
 max_line to 8 + (bits 2-6) octets (otherwise max_line=None: long lines allowed), bit 7
@@ -47,7 +48,8 @@ def normalised(body: bytes) -> bytes:
 def encode(
     chunks: list[bytes], dot_stuff: bool, max_line: int | None, allow_8bit: bool
 ) -> bytes | None:
-    """The encoded body, or None if the encoder refused it (a long line, 8-bit data)."""
+    """The encoded body, or None if the encoder refused it (a long line, 8-bit data,
+    NUL). Nothing it gave before refusing holds a NUL."""
     encoder = BodyEncoder(dot_stuff=dot_stuff, max_line=max_line, allow_8bit=allow_8bit)
     out = bytearray()
     try:
@@ -55,8 +57,9 @@ def encode(
             out += encoder.encode(chunk)
         out += encoder.finish()
     except LocalProtocolError:
-        if max_line is None and allow_8bit:
+        if max_line is None and allow_8bit and b"\x00" not in b"".join(chunks):
             raise
+        assert b"\x00" not in out, "a NUL went out before the refusal"
         return None
     assert encoder.size == sum(map(len, chunks))
     return bytes(out)
@@ -112,7 +115,8 @@ def TestOneInput(data: bytes) -> None:
     out = outputs[0]
     too_long = max_line is not None and any(len(line) > max_line for line in text.split(b"\r\n"))
     eight_bit = not allow_8bit and not fuzz.payload.isascii()
-    assert (out is None) == (too_long or eight_bit), (out, too_long, eight_bit)
+    nul = b"\x00" in fuzz.payload
+    assert (out is None) == (too_long or eight_bit or nul), (out, too_long, eight_bit, nul)
     if out is None:
         return
     check_output(out, text, dot_stuff)

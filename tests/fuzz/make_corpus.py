@@ -137,6 +137,27 @@ def reply_seeds() -> dict[str, list[bytes]]:
             b"250\x00\r\n",
         ],
         "code_only_and_tabs": [b"220\r\n", b"250-\r\n250-\tSIZE\t10\r\n250\r\n", b"250 2.1.0\r\n"],
+        # issue 14: one more reply after the data than recipients accepted, in one read
+        "surplus_same_read": [*dovecot, SAVED_ALICE + SAVED_ALICE + QUOTA, BYE],
+        "surplus_same_read_data": [*dovecot, DATA_GO, SAVED_ALICE + SAVED_ALICE + QUOTA, BYE],
+        # UTF-8 echoed in replies (RFC 6531 3.7.4 and servers in the field), invalid
+        # UTF-8, and a C1 control character (refused) at the end
+        "utf8_replies": [
+            DOVECOT_GREETING,
+            DOVECOT_LHLO,
+            MAIL_OK,
+            "250 2.1.5 <alice@example.org> ✓ geprüft\r\n".encode(),
+            "550 5.1.1 <bob@example.org> unbekannt: 用户\r\n".encode(),
+            RCPT_OK,
+            b"250 2.0.0 <alice@example.org> saved caf\xe9 \xff\r\n",
+            b"250 2.0.0 saved\xc2\x85\r\n",
+        ],
+        # a server SIZE below the message: refused here, nothing written (flags 8: size=)
+        "over_size": [
+            DOVECOT_GREETING,
+            b"250-mx.example.org\r\n250-PIPELINING\r\n250 SIZE 10\r\n",
+            BYE,
+        ],
         "enhanced_mismatch": [b"220 ok\r\n", b"250-x\r\n250 y\r\n", b"550 2.1.0 odd\r\n"],
     }
 
@@ -286,6 +307,8 @@ CLIENT_FLAGS = {
     "shutdown_after_data": [0, 2],
     "dovecot_small_chunks": [32, 32 | 64 | 4],
     "chunk_refused": [32 | 64 | 4],
+    "surplus_same_read_data": [2],
+    "over_size": [8],
 }
 
 
