@@ -12,9 +12,9 @@ reply never came. DELIVERED only ever comes from a 2xx reply after the data.
 One delivery may need several transactions when the server limits recipients per
 transaction: DeliveryPlan hands out batches (at most the server's LIMITS RCPTMAX, RFC
 9422, or the client's own cap), and after each result it puts back the recipients the
-server deferred for that reason (RFC 5321 4.5.3.1.10: 452, enhanced 4.5.3 if any, once
-at least one recipient of the transaction was accepted) for one more try each; the
-number it accepted then becomes the cap of later batches. result()
+server deferred for that reason (RFC 5321 4.5.3.1.10: 452, enhanced 4.5.3 if any, after
+an earlier recipient of the same transaction was accepted) for one more try each; the
+number accepted before the first such refusal becomes the cap of later batches. result()
 is one TransactionResult in the caller's order; recipients never tried are TEMPORARY.
 """
 
@@ -48,6 +48,10 @@ class Stage(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class RecipientResult:
+    """The outcome for one recipient of a delivery, in the order the recipients were
+    given: its status, the server's reply if one came, the stage, and why in words
+    when there is no reply."""
+
     recipient: str
     status: Status
     #: The server's reply, or None when none came (the connection ended first) or

@@ -45,7 +45,7 @@ class Signal(enum.Enum):
     NEED_DATA = "need_data"
     #: Client: call send_body() with the next piece of the message, or end_body().
     NEED_BODY = "need_body"
-    #: Server: the application owes a Reply (see Connection.owed_replies).
+    #: Server: the application owes a Reply (see ServerConnection.owed_replies).
     PAUSED = "paused"
 
 
@@ -53,7 +53,7 @@ class Signal(enum.Enum):
 class Reply:
     """One SMTP reply: a code, an optional enhanced status code and its text.
 
-    ``text`` holds one line per reply line, separated by "\\n". The enhanced code
+    ``text`` holds one line per reply line, separated by newlines. The enhanced code
     (RFC 3463, e.g. "2.1.5") is kept apart from the text: the writer puts it at the
     start of every line, and the reader removes it from every line that repeats it.
     """

@@ -14,6 +14,8 @@ __all__ = ["Limits"]
 
 @dataclass(frozen=True, slots=True)
 class Limits:
+    """Every limit of both roles, each with its source; pass one to either connection."""
+
     #: Longest command line, CRLF included (RFC 5321 4.5.3.1.4: 512 octets).
     #: Server: a longer line is discarded up to its CRLF, in bounded memory, and
     #: answered 500 once. Client: a command that would be longer is refused locally.

@@ -75,16 +75,27 @@ _VERSIONS = {"TLSv1.2": _ssl.TLSVersion.TLSv1_2, "TLSv1.3": _ssl.TLSVersion.TLSv
 class Timeouts:
     """Seconds to wait in each phase (RFC 5321 4.5.3.2), plus connect and total."""
 
+    #: Connecting (and an implicit TLS handshake).
     connect: float = 30.0
-    greeting: float = 300.0  # "Initial 220 Message: 5 minutes"
+    #: The 220 greeting ("Initial 220 Message: 5 minutes").
+    greeting: float = 300.0
+    #: The reply to LHLO.
     lhlo: float = 300.0
-    starttls: float = 300.0  # the reply and the handshake
-    mail: float = 300.0  # "MAIL Command: 5 minutes"
-    rcpt: float = 300.0  # "RCPT Command: 5 minutes"
-    data_init: float = 120.0  # "DATA Initiation: 2 minutes"
-    data_block: float = 180.0  # "Data Block: 3 minutes" (each write, each BDAT reply)
-    data_end: float = 600.0  # "DATA Termination: 10 minutes" (every final reply)
-    command: float = 300.0  # RSET, QUIT
+    #: The reply to STARTTLS and the handshake.
+    starttls: float = 300.0
+    #: The reply to MAIL ("MAIL Command: 5 minutes").
+    mail: float = 300.0
+    #: Each reply to RCPT ("RCPT Command: 5 minutes").
+    rcpt: float = 300.0
+    #: The reply to DATA ("DATA Initiation: 2 minutes").
+    data_init: float = 120.0
+    #: Each write, and each BDAT chunk's reply ("Data Block: 3 minutes").
+    data_block: float = 180.0
+    #: Every reply due once the end of data is out, each within this of the previous
+    #: one ("DATA Termination: 10 minutes").
+    data_end: float = 600.0
+    #: The replies to RSET and QUIT.
+    command: float = 300.0
     #: A deadline for a whole delivery (connecting included), or None.
     total: float | None = None
 
@@ -328,8 +339,9 @@ class ClientConfig:
         unknown = set(opts) - SSL_OPTS
         if unknown:
             raise ConfigurationError(f"unknown ssl_opts keys: {', '.join(sorted(unknown))}")
-        if opts and not (ssl or starttls):
-            raise ConfigurationError("ssl_opts given, but neither ssl nor starttls is on")
+        if (opts or ssl_context is not None) and not (ssl or starttls):
+            what = "ssl_opts" if opts else "ssl_context"
+            raise ConfigurationError(f"{what} given, but neither ssl nor starttls is on")
         if ssl_context is not None and opts.keys() - {"server_hostname"}:
             raise ConfigurationError(
                 "give ssl_context or ssl_opts (beyond server_hostname), not both"

@@ -7,7 +7,7 @@ LMTPTestServer: our blocking Server running in a background thread for the test,
 handler records every message it accepts. A thread serves the same fixture to blocking,
 asyncio and trio code alike, with no async test plugin. Policy is set per address:
 reject() refuses a recipient at RCPT, fail() fails it after the data (4xx or 5xx, so
-that partial failure can be tested); anything else is accepted and delivered.
+that partial failure can be tested); anything else is accepted and delivered::
 
     def test_my_adapter(lmtp_server):
         lmtp_server.reject("nobody@example.org")
@@ -88,8 +88,9 @@ class LMTPTestServer:
         address = server.address
         #: The UNIX socket path, or None for a TCP server.
         self.socket_path: str | None = address if isinstance(address, str) else None
-        #: host and port for a TCP server (host is None on a UNIX socket).
+        #: The host of a TCP server (None on a UNIX socket).
         self.host: str | None = None if isinstance(address, str) else address[0]
+        #: The port of a TCP server (None on a UNIX socket).
         self.port: int | None = None if isinstance(address, str) else address[1]
 
     @property
