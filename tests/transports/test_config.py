@@ -242,3 +242,17 @@ def test_socket_path_that_is_not_a_socket_is_a_connect_error(client: str, sock_p
     )
     assert failure.error is ConnectError
     assert failure.leaks == [], "the client left its socket open"
+
+
+def test_ssl_context_without_ssl_or_starttls_is_refused() -> None:
+    # Silently ignoring a TLS context would send in the clear what the caller meant to
+    # protect; ssl_opts without TLS is refused the same way.
+    import ssl as _ssl
+
+    from transports import ConfigurationError
+    from transports import blocking as _blocking
+
+    context = _ssl.create_default_context()
+    with pytest.raises(ConfigurationError, match="ssl_context given"):
+        _blocking.Client(socket_path="/nonexistent/lmtp.sock", ssl_context=context)
+    _blocking.Client(host="127.0.0.1", ssl_context=context, starttls=True)
