@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import email.message
 import email.policy
+import io
 import os
 import stat
 import tempfile
@@ -179,6 +180,10 @@ def _slices(data: bytes | bytearray | memoryview) -> Iterator[bytes]:
 
 
 def _read(file: IO[bytes]) -> Iterator[bytes]:
+    # A BufferedReader reads until it has the size asked for or its raw stream says end
+    # of file, so a short piece is the last one. Reading again would block on a
+    # terminal, whose end of file (Ctrl-D) is not sticky.
+    buffered = isinstance(file, io.BufferedReader)
     while True:
         piece = file.read(READ_SIZE)
         if not isinstance(piece, bytes | bytearray):
@@ -186,6 +191,8 @@ def _read(file: IO[bytes]) -> Iterator[bytes]:
         if not piece:
             return
         yield bytes(piece)
+        if buffered and len(piece) < READ_SIZE:
+            return
 
 
 def _checked(pieces: Iterable[bytes]) -> Iterator[bytes]:
