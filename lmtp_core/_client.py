@@ -770,7 +770,10 @@ class ClientConnection:
     def _finish(self) -> None:
         txn = self._txn
         assert txn is not None
-        if self._buffer:  # a reply beyond the last one due, already received
+        # A reply beyond the last one due, already received: the pairing cannot be
+        # trusted. (A 421 is the server saying it is closing, which it may do at any
+        # time: that is no extra reply to anything.)
+        if self._buffer and not self._buffer.startswith(b"421"):
             txn.distrust("more replies came than were due: the pairing cannot be trusted")
         self._txn = None
         self._encoder = None

@@ -566,6 +566,6 @@ def test_size_and_body_parameters_follow_the_source(client: str, sock_path: str)
         deliver(client, chunks(MESSAGE, 3), SENDER, ["a@x.example"], socket_path=sock_path)
     assert handler.mail == [
         (("SIZE", str(len(MESSAGE))),),  # known 7-bit bytes: no BODY=8BITMIME
-        (("SIZE", "7"), ("BODY", "8BITMIME")),
+        (("BODY", "8BITMIME"), ("SIZE", "7")),
         (("BODY", "8BITMIME"),),  # unknown size and 8-bitness
     ]
