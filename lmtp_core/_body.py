@@ -166,6 +166,7 @@ class BodyEncoder:
         "_normalize",
         "_lines",
         "_allow_8bit",
+        "_allow_nul",
         "_at_line_start",
         "_pending_cr",
         "size",
@@ -178,11 +179,15 @@ class BodyEncoder:
         binary: bool = False,
         max_line: int | None = None,
         allow_8bit: bool = True,
+        allow_nul: bool = False,
     ) -> None:
+        """``allow_nul``: pass NUL bytes (the server normalising a message it
+        received, whatever was in it); a client never sends them but as BINARYMIME."""
         self._stuff = dot_stuff
         self._normalize = not binary
         self._lines = None if binary or max_line is None else LineLengths(max_line)
         self._allow_8bit = allow_8bit
+        self._allow_nul = allow_nul or binary
         self._at_line_start = True
         self._pending_cr = False
         #: Octets of the message fed so far, before encoding.
@@ -196,7 +201,7 @@ class BodyEncoder:
             )
         if not self._normalize or not chunk:
             return chunk
-        if b"\x00" in chunk:  # RFC 2045 2.7, 2.8: NUL is not 7bit or 8bit data
+        if not self._allow_nul and b"\x00" in chunk:  # RFC 2045 2.7, 2.8: not 7bit/8bit
             raise LocalProtocolError(
                 "the message has NUL bytes, which only BODY=BINARYMIME can carry"
             )

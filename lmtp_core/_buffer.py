@@ -36,9 +36,6 @@ class ReceiveBuffer:
     def feed(self, data: bytes) -> None:
         self._data += data
 
-    def startswith(self, prefix: bytes) -> bool:
-        return self._data.startswith(prefix)
-
     def take_line(self, limit: int) -> bytes | LineTooLong | None:
         """The next line without its CRLF, None if it is not complete yet, or
         LineTooLong if it has ``limit`` octets (CRLF included) and goes on."""

@@ -479,7 +479,7 @@ class ServerConnection:
         self._line_lengths = LineLengths(self._limits.text_line - 2)
         self._endings = LineEndingCheck()
         normalize = self._bare_policy is BareLineEndings.NORMALIZE
-        self._normalizer = BodyEncoder(dot_stuff=False) if normalize else None
+        self._normalizer = BodyEncoder(dot_stuff=False, allow_nul=True) if normalize else None
 
     def _read_data(self) -> bool:
         if not self._buffer:

@@ -15,7 +15,7 @@ from ._errors import (
     Timeout,
     TLSError,
 )
-from ._session import Decision, Envelope, Handler, Verdicts
+from ._session import Decision, Envelope, Handler, Verdicts, inline
 
 __all__ = [
     "ClientSettings",
@@ -33,5 +33,6 @@ __all__ = [
     "Timeout",
     "Timeouts",
     "Verdicts",
+    "inline",
     "server_context",
 ]

@@ -119,8 +119,6 @@ class AsyncBackend(Protocol):
         returned handle's cancel() is called. Must be called from the runtime."""
         ...
 
-    async def run_handler(self, function: Any, args: tuple[Any, ...]) -> object: ...
-
 
 class AsyncConnection:
     """One LMTP connection: the client core, its stream and the pump between them."""

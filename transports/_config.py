@@ -214,7 +214,7 @@ class ServerSettings(TypedDict, total=False):
     idle_timeout: seconds a client may stay silent; session_timeout: the most one
     session may last. bare_line_endings: the core's policy. backlog: listen() queue.
     max_connections: sessions served at once (1000); past it 421 4.3.2.
-    handler_threads: threads for synchronous handler methods (asyncio, trio; 16).
+    handler_threads: threads for synchronous handler methods (asyncio, trio; 4).
     grace: seconds a shutdown gives transactions in flight (30).
     require_tls: refuse MAIL (530 5.7.0) until TLS is active.
     refusal_soft_limit, refusal_delay: after this many refused recipients in a
@@ -493,8 +493,11 @@ class ServerConfig:
     #: `ulimit -n`.
     max_connections: int = 1000
     #: Worker threads for the application's synchronous handler methods (asyncio and
-    #: trio; the blocking server runs them in the connection's own thread).
-    handler_threads: int = 16
+    #: trio; the blocking server runs them in the connection's own thread). More threads
+    #: let more slow calls (fsync, the network) overlap but fight over the GIL for the
+    #: rest; MaildirHandler stored about as fast with 1 to 16 (benchmarks/RESULTS.md).
+    #: Raise it for handlers that wait on the network.
+    handler_threads: int = 4
     #: Seconds a shutdown lets transactions in flight finish before closing them.
     grace: float = 30.0
     #: MAIL gets 530 5.7.0 until the session is encrypted (Postfix's

@@ -104,7 +104,7 @@ def _take_over(path: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)  # stale: nobody listens there any more
         return
-    except TimeoutError:  # a server too busy to take us is still a server
+    except (TimeoutError, BlockingIOError):  # a server too busy to take us is a server
         pass
     finally:
         probe.close()
@@ -112,9 +112,7 @@ def _take_over(path: str) -> None:
 
 
 def _tcp(host: str, port: int, backlog: int) -> list[socket.socket]:
-    infos = socket.getaddrinfo(
-        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     sockets: list[socket.socket] = []
     try:
         for family, kind, proto, _, address in dict.fromkeys(infos):

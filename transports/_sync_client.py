@@ -121,8 +121,6 @@ class SyncBackend(Protocol):
         returned handle's cancel() is called. Must be called from the runtime."""
         ...
 
-    def run_handler(self, function: Any, args: tuple[Any, ...]) -> object: ...
-
 
 class SyncConnection:
     """One LMTP connection: the client core, its stream and the pump between them."""

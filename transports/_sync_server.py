@@ -119,7 +119,8 @@ def serve_connection(
                 if delay := session.take_delay():  # too many refused recipients
                     sessions.sleep(min(delay, _wait(config, end)))
     except OSError as exc:  # TimeoutError and ssl.SSLError included
-        log.info("%s: connection ended: %s", name, type(exc).__name__ if not str(exc) else exc)
+        reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+        log.info("%s: connection ended: %s", name, reason)  # the same in every runtime
     finally:
         session.close()  # drops a message spooled for a transaction cut short
         stream.close(forceful=not clean)

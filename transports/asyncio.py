@@ -10,19 +10,24 @@ went away after taking everything), so a failure with an empty buffer is reporte
 "cannot tell". asyncio's StreamReader may have read
 plaintext that arrived after the STARTTLS exchange but before the upgrade; it would
 come back out of the reader after the handshake as if it had been encrypted, so the
-client refuses it and the server discards it (STARTTLS injection).
+client refuses it and the server discards it (STARTTLS injection). The Server accepts
+in a reader callback on its listening sockets (_listen.py makes them and sets the
+rules), runs each session as a task, and lends the sessions a pool of threads for
+synchronous handler methods and a way to interrupt idle reads at shutdown (_Sessions).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
-import os
+import select
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Unpack
 
 from lmtp_core import MailFrom, RcptTo, TransactionResult
@@ -31,9 +36,10 @@ from ._async_client import AsyncClient
 from ._async_pool import AsyncPool
 from ._async_server import serve_connection
 from ._config import ClientConfig, ClientSettings, ServerConfig, ServerSettings, settings_error
+from ._listen import Gate, Listening
 from ._message import Message
-from ._net import idle_clean, peer_name
-from ._session import Handler
+from ._net import Poller, peer_name
+from ._session import Call, Handler
 
 __all__ = ["Client", "Pool", "Server", "deliver", "serve"]
 
@@ -53,6 +59,7 @@ class StreamPair:
         self._reader, self._writer = reader, writer
         self.tls = writer.get_extra_info("sslcontext") is not None
         self._refused = False
+        self._readable: Poller | None = None  # made on first use
         writer.transport.set_write_buffer_limits(high=0)
 
     async def send_all(self, data: bytes, timeout: float) -> None:
@@ -92,14 +99,14 @@ class StreamPair:
 
     def idle_clean(self) -> bool:
         reader, writer = self._reader, self._writer
-        sock = writer.get_extra_info("socket")
-        return not (
-            reader.at_eof()
-            or _buffered(reader)
-            or writer.is_closing()
-            or sock is None
-            or not idle_clean(sock.fileno())
-        )
+        if reader.at_eof() or _buffered(reader) or writer.is_closing():
+            return False
+        if self._readable is None:
+            sock = writer.get_extra_info("socket")
+            if sock is None:
+                return False
+            self._readable = Poller(sock.fileno(), select.POLLIN | select.POLLPRI)
+        return not self._readable.ready(0)
 
     def peer(self, listening: str) -> str:
         return peer_name(self._writer.get_extra_info("socket"), listening)
@@ -185,10 +192,6 @@ class AsyncioBackend:
         async with asyncio.timeout(timeout):
             await lock.acquire()
 
-    async def run_handler(self, function: Any, args: tuple[Any, ...]) -> object:
-        result = function(*args)
-        return await result if inspect.isawaitable(result) else result
-
 
 class Client(AsyncClient):
     """One LMTP connection, opened on the first deliver() and reused after it.
@@ -216,15 +219,80 @@ async def deliver(
         return await client.deliver(message, sender, recipients)
 
 
+class _Sessions:
+    """What the asyncio Server lends its sessions (_async_server.AsyncSessions): a
+    pool of handler threads, and word of a shutdown that cancels the reads of idle
+    sessions (a cancelled StreamReader.read() loses no data)."""
+
+    def __init__(self, threads: int) -> None:
+        self.stopping = False
+        self._threads = threads
+        self._executor: ThreadPoolExecutor | None = None
+        self._idle: set[asyncio.Task[Any]] = set()
+        self._interrupted: set[asyncio.Task[Any]] = set()
+
+    async def run_handler(self, call: Call) -> object:
+        if call.inline:
+            result = call.function(*call.args)
+        else:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self._threads, "lmtp-handler")
+            result = await asyncio.get_running_loop().run_in_executor(
+                self._executor, functools.partial(call.function, *call.args)
+            )
+        return await result if inspect.isawaitable(result) else result
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    async def receive_idle(self, stream: StreamPair, timeout: float) -> bytes | None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._idle.add(task)
+        try:
+            return await stream.receive_some(timeout)
+        except asyncio.CancelledError:
+            if task not in self._interrupted:
+                raise
+            task.uncancel()  # our own cancellation: the server is stopping
+            return None
+        finally:
+            self._idle.discard(task)
+            self._interrupted.discard(task)
+
+    def stop(self) -> None:
+        self.stopping = True
+        for task in self._idle:
+            self._interrupted.add(task)
+            task.cancel()
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+
 class Server:
     """An LMTP server on asyncio: `async with Server(...) as server:` starts it, and
-    leaving the block (or close()) stops it."""
+    leaving the block (or close()) stops it.
+
+    It accepts in a reader callback on each listening socket (a batch per wakeup),
+    admits at most max_connections sessions (one task each; past that 421 4.3.2) and
+    pauses accepting after a failure (Gate). close() stops accepting and removes the
+    socket, answers idle sessions 421 at once, gives transactions in flight `grace`
+    seconds, then cancels what is left."""
 
     def __init__(self, handler: Handler, **settings: Unpack[ServerSettings]) -> None:
         self.handler = handler
         self.config = ServerConfig.from_settings("transports.asyncio.Server", settings)
-        self._server: asyncio.Server | None = None
         self.address: Any = None
+        self._gate = Gate(self.config, log)
+        self._sessions = _Sessions(self.config.handler_threads)
+        self._listening: Listening | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._paused: dict[int, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopped = False
+        self._closed = asyncio.Event()
 
     async def __aenter__(self) -> Server:
         await self.start()
@@ -234,32 +302,101 @@ class Server:
         await self.close()
 
     async def start(self) -> None:
-        cfg = self.config
-        if cfg.socket_path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(cfg.socket_path)
-            self._server = await asyncio.start_unix_server(
-                self._serve, cfg.socket_path, ssl=cfg.ssl_context, backlog=cfg.backlog
-            )
-        else:
-            self._server = await asyncio.start_server(
-                self._serve, cfg.host, cfg.port, ssl=cfg.ssl_context, backlog=cfg.backlog
-            )
-        self.address = self._server.sockets[0].getsockname()
+        self._loop = loop = asyncio.get_running_loop()
+        self._listening = Listening(self.config)
+        self.address = self._listening.address
+        for sock in self._listening.sockets:
+            loop.add_reader(sock.fileno(), self._accept, sock)
 
     async def serve_forever(self) -> None:
-        assert self._server is not None
-        await self._server.serve_forever()
+        """Wait until the server has been closed."""
+        await self._closed.wait()
 
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+    async def close(self, grace: float | None = None) -> None:
+        """Stop accepting and remove the socket file; idle sessions get 421 at once,
+        transactions in flight `grace` seconds (the setting by default) to finish;
+        the sessions still open then are cut off."""
+        if self._stopped:
+            await self._closed.wait()
+            return
+        self._stopped = True
+        try:
+            if self._listening is not None:
+                assert self._loop is not None
+                for sock in self._listening.sockets:
+                    self._loop.remove_reader(sock.fileno())
+                for handle in self._paused.values():
+                    handle.cancel()
+                self._listening.close()
+            self._sessions.stop()
+            if self._tasks:
+                limit = self.config.grace if grace is None else grace
+                await asyncio.wait(self._tasks, timeout=limit)
+        finally:
+            left = set(self._tasks)
+            for task in left:
+                task.cancel()
+            if left:
+                await asyncio.wait(left, timeout=5.0)  # only closing is left to do
+            self._sessions.close()
+            self._closed.set()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await serve_connection(
-            StreamPair(reader, writer), self.config, self.handler, Client._backend
-        )
+    def _accept(self, listener: socket.socket) -> None:
+        for _ in range(self.config.backlog):
+            try:
+                sock, _ = listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if pause := self._gate.failed(exc):
+                    self._pause(listener, pause)
+                    return
+                continue
+            self._gate.accepted()
+            if len(self._tasks) >= self._gate.limit:
+                self._gate.refuse(sock)
+                continue
+            sock.setblocking(False)
+            assert self._loop is not None
+            task = self._loop.create_task(self._connection(sock))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _pause(self, listener: socket.socket, seconds: float) -> None:
+        assert self._loop is not None
+        fd = listener.fileno()
+        self._loop.remove_reader(fd)
+
+        def resume() -> None:
+            del self._paused[fd]
+            if not self._stopped:
+                assert self._loop is not None
+                self._loop.add_reader(fd, self._accept, listener)
+
+        self._paused[fd] = self._loop.call_later(seconds, resume)
+
+    async def _connection(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=_READ_LIMIT)
+        # With a callback the protocol is a server's (as start_server() makes it): it
+        # makes the writer, whose start_tls() then handshakes as the server.
+        made: list[asyncio.StreamWriter] = []
+        protocol = asyncio.StreamReaderProtocol(reader, lambda _, writer: made.append(writer))
+        try:
+            await loop.connect_accepted_socket(lambda: protocol, sock)
+        except BaseException:
+            sock.close()
+            raise
+        [writer] = made
+        try:
+            await serve_connection(
+                StreamPair(reader, writer), self.config, self.handler, self._sessions
+            )
+        except Exception:  # a bug: the task's exception would otherwise go unseen
+            log.exception("the session failed")
+
+
+_READ_LIMIT = 64 * 1024  # the StreamReader pauses reading past twice this
 
 
 async def serve(handler: Handler, **settings: Unpack[ServerSettings]) -> None:

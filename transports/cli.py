@@ -5,28 +5,34 @@ How it works: argparse parses; `send` calls the blocking driver and prints one l
 when a retry is needed (a temporary or unknown outcome, or no connection), 1 when every
 failure is permanent, 2 for usage and configuration errors; failures are explained in
 one line on stderr, never a traceback. `serve` runs the asyncio or trio server with a
-MaildirHandler. `demo` starts that receiver on a temporary UNIX socket and delivers a
-sample message to it. The protocol transcript of -v is the drivers' DEBUG log.
+MaildirHandler through _serve.py (in one process, or in --workers processes), until
+SIGTERM or SIGINT stops it gracefully: one line, exit 0. `demo` starts that receiver
+on a temporary UNIX socket and delivers a sample message to it. The protocol
+transcript of -v is the drivers' DEBUG log.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
+import errno
+import importlib.metadata
 import json
 import logging
 import os
+import stat
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, BinaryIO
 
 from lmtp_core import Limits, LocalProtocolError, Reply, Status, TransactionResult
 
-from . import asyncio as asyncio_driver
 from . import blocking
-from ._config import server_context
+from ._config import endpoint_name, server_context
 from ._errors import ConfigurationError, ConnectError, SessionError, TLSError
+from ._serve import run, run_workers
 from ._session import Envelope
 from .maildir import MaildirHandler
 
@@ -36,44 +42,138 @@ EX_OK, EX_PERMANENT, EX_USAGE, EX_TEMPFAIL = 0, 1, 2, 75
 
 
 class _Parser(argparse.ArgumentParser):
+    #: Set by main() when --json was asked for: a usage error is JSON too.
+    json = False
+
     def error(self, message: str) -> Any:  # one line, exit 2
+        if _Parser.json:
+            print(json.dumps({"recipients": [], "error": message}))
         self.exit(EX_USAGE, f"lmtp: {message}\n")
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help line ends with its default (when it has one)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, [], argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("lmtp")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+        return "unknown (not installed)"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lmtp", description="LMTP client and server (RFC 2033).")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser.add_argument("--version", action="version", version=f"lmtp {_version()}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, parser_class=_Parser, metavar="{send,serve,demo}"
+    )
 
-    send = commands.add_parser("send", help="deliver a message and show each recipient's fate")
-    send.add_argument("--from", dest="sender", required=True, metavar="ADDR")
-    send.add_argument("--to", dest="recipients", action="append", required=True, metavar="ADDR")
+    send = commands.add_parser(
+        "send",
+        help="deliver a message and show each recipient's fate",
+        description="Deliver one message over LMTP and print each recipient's outcome. "
+        "Exit status: 0 all delivered, 75 retry later (temporary or unknown, or no "
+        "connection), 1 every failure permanent, 2 usage or configuration error.",
+        formatter_class=_Help,
+    )
+    send.add_argument("--from", dest="sender", required=True, metavar="ADDR", help="the sender")
+    send.add_argument(
+        "--to",
+        dest="recipients",
+        action="append",
+        required=True,
+        metavar="ADDR",
+        help="a recipient (repeat for each one)",
+    )
     where = send.add_mutually_exclusive_group()
-    where.add_argument("--socket", metavar="PATH")
-    where.add_argument("--host", default="127.0.0.1")
-    send.add_argument("--port", type=int, default=2424)
+    where.add_argument("--socket", metavar="PATH", help="a UNIX socket (instead of --host)")
+    where.add_argument("--host", default="127.0.0.1", help="the server's host")
+    send.add_argument("--port", type=int, default=2424, help="the server's TCP port")
     tls = send.add_mutually_exclusive_group()
-    tls.add_argument("--ssl", action="store_true", help="implicit TLS")
+    tls.add_argument("--ssl", action="store_true", help="implicit TLS from the first byte")
     tls.add_argument("--starttls", action="store_true", help="require STARTTLS")
     send.add_argument("--cafile", help="CA certificates to verify the server with")
     send.add_argument("--server-name", help="name to verify in the server's certificate")
     send.add_argument("--insecure", action="store_true", help="do not verify the certificate")
     send.add_argument("--no-chunking", action="store_true", help="use DATA, never BDAT")
-    send.add_argument("--timeout", type=float, default=None, metavar="SECONDS")
-    send.add_argument("--json", action="store_true", help="print one JSON object")
+    send.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="the limit of every wait (default: RFC 5321's, 2 to 10 minutes a phase)",
+    )
+    send.add_argument("--json", action="store_true", help="print exactly one JSON object")
     send.add_argument("-v", "--verbose", action="store_true", help="print the transcript")
-    send.add_argument("file", nargs="?", default="-", help="the message (default: stdin)")
+    send.add_argument("file", nargs="?", default="-", help="the message, or - for standard input")
 
-    serve = commands.add_parser("serve", help="run an LMTP receiver that stores into a Maildir")
-    serve.add_argument("--maildir", required=True, metavar="DIR")
+    serve = commands.add_parser(
+        "serve",
+        help="run an LMTP receiver that stores into a Maildir",
+        description="Run an LMTP server that stores each message into DIR/<recipient>/new/ "
+        "and answers each recipient once its copy is on disk. SIGTERM or SIGINT stop it "
+        "cleanly (exit 0).",
+        formatter_class=_Help,
+    )
+    serve.add_argument("--maildir", required=True, metavar="DIR", help="where to store mail")
     where = serve.add_mutually_exclusive_group()
-    where.add_argument("--socket", metavar="PATH")
-    where.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=2424)
-    serve.add_argument("--tls-cert", metavar="FILE")
-    serve.add_argument("--tls-key", metavar="FILE")
-    serve.add_argument("--reject", action="append", default=[], metavar="ADDR")
-    serve.add_argument("--max-size", type=int, default=None, metavar="BYTES")
-    serve.add_argument("--runtime", choices=["asyncio", "trio"], default="asyncio")
+    where.add_argument("--socket", metavar="PATH", help="a UNIX socket (instead of --host)")
+    where.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    serve.add_argument("--port", type=int, default=2424, help="the TCP port (0: any free one)")
+    serve.add_argument(
+        "--tls-cert", metavar="FILE", help="certificate chain: offer STARTTLS (with --tls-key)"
+    )
+    serve.add_argument("--tls-key", metavar="FILE", help="the certificate's private key")
+    serve.add_argument(
+        "--implicit-tls", action="store_true", help="TLS from the first byte instead of STARTTLS"
+    )
+    serve.add_argument(
+        "--reject", action="append", default=[], metavar="ADDR", help="refuse this recipient"
+    )
+    serve.add_argument(
+        "--recipients", metavar="FILE", help="the known addresses, one a line; others get 550"
+    )
+    serve.add_argument(
+        "--max-size",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="the largest message (default: 32 MiB)",
+    )
+    serve.add_argument(
+        "--runtime", choices=["asyncio", "trio"], default="asyncio", help="the event loop"
+    )
+    serve.add_argument("--require-tls", action="store_true", help="refuse MAIL before STARTTLS")
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="sessions at once per process; past it 421",
+    )
+    serve.add_argument(
+        "--grace",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, how long transactions in flight may finish",
+    )
+    serve.add_argument(
+        "--workers", type=int, default=1, metavar="N", help="processes sharing the socket"
+    )
+    serve.add_argument(
+        "--handler-threads",
+        type=int,
+        default=4,
+        metavar="N",
+        help="threads that store messages, per process",
+    )
 
     commands.add_parser("demo", help="deliver a sample message to a temporary receiver")
     return parser
@@ -138,8 +238,20 @@ def _send(args: argparse.Namespace) -> int:
         timeout=args.timeout,
     )
     try:
-        with sys.stdin.buffer if args.file == "-" else open(args.file, "rb") as message:
-            result = blocking.deliver(message, args.sender, args.recipients, **settings)
+        if args.file == "-" and sys.stdin.isatty():
+            print(
+                "lmtp: reading the message from standard input (end it with Ctrl-D)",
+                file=sys.stderr,
+            )
+        with sys.stdin.buffer if args.file == "-" else open(args.file, "rb") as file:
+            message: Any = file
+            if sys.stderr.isatty() and not args.json:
+                message = _Progress(file)
+            try:
+                result = blocking.deliver(message, args.sender, args.recipients, **settings)
+            finally:
+                if isinstance(message, _Progress):
+                    message.done()
     except (ConfigurationError, LocalProtocolError, OSError) as exc:
         if isinstance(exc, ConnectError):
             return _failed(args, f"{_what(exc)}: {exc}", EX_TEMPFAIL)
@@ -165,9 +277,59 @@ def _what(exc: ConnectError) -> str:
     return "cannot connect"
 
 
+class _Progress:
+    """The message file, reporting on stderr (a terminal) how much was read and sent:
+    bytes so far, the total when known, and the rate, at most twice a second."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+        self._sent = 0
+        self._started = self._shown = time.monotonic()
+        self._total: int | None = None
+        with contextlib.suppress(OSError, ValueError):
+            info = os.fstat(file.fileno())
+            if stat.S_ISREG(info.st_mode):
+                self._total = info.st_size
+
+    def read(self, size: int = -1) -> bytes:
+        piece = self._file.read(size)
+        self._sent += len(piece)
+        now = time.monotonic()
+        if now - self._shown >= 0.5 and self._sent >= 1024 * 1024:
+            self._shown = now
+            self._show(now)
+        return piece
+
+    def _show(self, now: float) -> None:
+        mib = self._sent / (1024 * 1024)
+        total = f" of {self._total / (1024 * 1024):.1f}" if self._total else ""
+        rate = mib / max(now - self._started, 1e-6)
+        print(f"\rlmtp: sent {mib:.1f}{total} MiB, {rate:.1f} MiB/s ", end="", file=sys.stderr)
+
+    def done(self) -> None:
+        if self._sent >= 1024 * 1024:  # a large message: its total, on a line of its own
+            self._show(time.monotonic())
+            print(file=sys.stderr)
+
+    # what the drivers ask of a file: its descriptor (for SIZE) and its position
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def seekable(self) -> bool:
+        return self._file.seekable()
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._file.seek(offset, whence)
+
+
 def _failed(args: argparse.Namespace, message: str, status: int, reply: Reply | None = None) -> int:
     print(f"lmtp: {message}", file=sys.stderr)
-    if getattr(args, "json", False) and status != EX_USAGE:
+    if getattr(args, "json", False) and status == EX_USAGE:
+        print(json.dumps({"recipients": [], "error": message}))
+    elif getattr(args, "json", False):
         rows = [
             {
                 "recipient": r,
@@ -176,6 +338,7 @@ def _failed(args: argparse.Namespace, message: str, status: int, reply: Reply | 
                 "enhanced": reply.enhanced if reply else None,
                 "text": reply.text if reply else None,
                 "stage": None,
+                "reason": message,
             }
             for r in args.recipients
         ]
@@ -188,45 +351,79 @@ def _serve(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         print("lmtp: --tls-cert and --tls-key go together", file=sys.stderr)
         return EX_USAGE
+    if (args.require_tls or args.implicit_tls) and not args.tls_cert:
+        print(
+            "lmtp: --require-tls and --implicit-tls need --tls-cert and --tls-key", file=sys.stderr
+        )
+        return EX_USAGE
+    if args.workers < 1:
+        print("lmtp: --workers must be 1 or more", file=sys.stderr)
+        return EX_USAGE
     try:
+        tls = server_context(args.tls_cert, args.tls_key) if args.tls_cert else None
         settings: dict[str, Any] = dict(
             socket_path=args.socket,
             host=args.host,
             port=args.port,
             limits=Limits(max_message_size=args.max_size) if args.max_size else None,
-            starttls_context=server_context(args.tls_cert, args.tls_key) if args.tls_cert else None,
+            starttls_context=tls if not args.implicit_tls else None,
+            ssl_context=tls if args.implicit_tls else None,
+            require_tls=args.require_tls,
+            max_connections=args.max_connections,
+            grace=args.grace,
+            handler_threads=args.handler_threads,
         )
-        handler = MaildirHandler(args.maildir, reject=args.reject)
-        if args.runtime == "trio":
-            # trio is an optional extra: import it only when asked for.
-            import trio  # noqa: PLC0415
+        known = _addresses(args.recipients) if args.recipients else None
+        handler = MaildirHandler(args.maildir, reject=args.reject, recipients=known)
 
-            from . import trio as trio_driver  # noqa: PLC0415
+        def ready(address: Any) -> None:
+            workers = f" ({args.workers} workers)" if args.workers > 1 else ""
+            _ready(address, args.maildir + workers)
 
-            async def run_trio() -> None:
-                async with trio.open_nursery() as nursery:
-                    server = await nursery.start(trio_driver.Server(handler, **settings).serve)
-                    _ready(server.address, args.maildir)
-
-            trio.run(run_trio)
+        if args.workers > 1:
+            signal_name = run_workers(
+                args.workers, args.runtime, handler, settings, ready=ready, say=_say
+            )
         else:
-
-            async def run_asyncio() -> None:
-                async with asyncio_driver.Server(handler, **settings) as server:
-                    _ready(server.address, args.maildir)
-                    await server.serve_forever()
-
-            asyncio.run(run_asyncio())
-    except KeyboardInterrupt:
-        print("lmtp: stopped", file=sys.stderr)
-    except (ConfigurationError, OSError, ValueError) as exc:
-        print(f"lmtp: {exc}", file=sys.stderr)
+            signal_name = run(args.runtime, handler, settings, ready)
+    except KeyboardInterrupt:  # before the signal handlers were in place
+        signal_name = "SIGINT"
+    except ModuleNotFoundError as exc:
+        if exc.name != "trio":
+            raise
+        print(
+            "lmtp: --runtime trio needs trio: python3 -m pip install 'lmtp[trio]' "
+            "(from a checkout: python3 -m pip install '.[trio]')",
+            file=sys.stderr,
+        )
         return EX_USAGE
+    except (ConfigurationError, OSError, ValueError) as exc:
+        print(f"lmtp: {_listen_error(exc, args)}", file=sys.stderr)
+        return EX_USAGE
+    print(f"lmtp: stopped ({signal_name})", file=sys.stderr)
     return EX_OK
 
 
-def _ready(address: str | tuple[object, ...], maildir: str) -> None:
-    where = address if isinstance(address, str) else ":".join(str(part) for part in address[:2])
+def _addresses(path: str) -> list[str]:
+    """One address a line; blank lines and lines starting with # are skipped."""
+    with open(path, encoding="utf-8") as lines:
+        return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def _listen_error(exc: Exception, args: argparse.Namespace) -> str:
+    if isinstance(exc, OSError) and exc.filename:  # the socket path rules
+        return f"cannot listen on {exc.filename}: {exc.strerror}"
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return f"cannot listen on {args.socket or f'{args.host}:{args.port}'}: {exc.strerror}"
+    return str(exc)
+
+
+def _say(text: str) -> None:
+    print(f"lmtp: {text}", file=sys.stderr, flush=True)
+
+
+def _ready(address: str | tuple[Any, ...], maildir: str) -> None:
+    where = address if isinstance(address, str) else endpoint_name(None, address[0], address[1])
     print(f"lmtp: ready on {where}, storing into {maildir}", file=sys.stderr, flush=True)
 
 
@@ -275,9 +472,17 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    command = {"send": _send, "serve": _serve, "demo": _demo}[args.command]
-    return command(args)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    _Parser.json = "--json" in arguments
+    try:
+        args = _parser().parse_args(arguments)
+        command = {"send": _send, "serve": _serve, "demo": _demo}[args.command]
+        return command(args)
+    except KeyboardInterrupt:  # Ctrl-C: one line, never a traceback
+        print("\nlmtp: interrupted", file=sys.stderr)
+        if _Parser.json:
+            print(json.dumps({"recipients": [], "error": "interrupted"}))
+        return 130
 
 
 if __name__ == "__main__":

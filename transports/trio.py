@@ -7,16 +7,19 @@ ssl.SSLError that broke it), and TrioBackend connects and makes locks; the deliv
 flow and the per-connection server loop are the shared async ones (_async_client.py,
 _async_server.py). trio has no read-ahead buffer of ours, so the core sees every byte
 and guards STARTTLS itself. The server runs under a nursery:
-`server = await nursery.start(Server(...).serve)`.
+`server = await nursery.start(Server(...).serve)`; one task accepts on each listening
+socket (_listen.py makes them and sets the rules), and the sessions run synchronous
+handler methods in trio.to_thread under a CapacityLimiter, their idle reads in a
+CancelScope that a shutdown cancels (_Sessions).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
-import math
-import os
+import select
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,9 +33,10 @@ from ._async_client import AsyncClient
 from ._async_pool import AsyncPool
 from ._async_server import serve_connection
 from ._config import ClientConfig, ClientSettings, ServerConfig, ServerSettings, settings_error
+from ._listen import Gate, Listening
 from ._message import Message
-from ._net import idle_clean, peer_name
-from ._session import Handler
+from ._net import Poller, peer_name
+from ._session import Call, Handler
 
 __all__ = ["Client", "Pool", "Server", "deliver", "serve"]
 
@@ -63,6 +67,7 @@ class TrioStream:
     def __init__(self, stream: trio.abc.Stream) -> None:
         self._stream = stream
         self.tls = isinstance(stream, trio.SSLStream)
+        self._readable: Poller | None = None  # made on first use
 
     async def send_all(self, data: bytes, timeout: float) -> None:
         try:
@@ -99,8 +104,12 @@ class TrioStream:
         return TrioStream(stream)
 
     def idle_clean(self) -> bool:
-        sock = _socket_of(self._stream)
-        return sock is not None and idle_clean(sock.fileno())
+        if self._readable is None:
+            sock = _socket_of(self._stream)
+            if sock is None:
+                return False
+            self._readable = Poller(sock.fileno(), select.POLLIN | select.POLLPRI)
+        return not self._readable.ready(0)
 
     def peer(self, listening: str) -> str:
         return peer_name(_socket_of(self._stream), listening)
@@ -159,15 +168,14 @@ class TrioBackend:
         return scope
 
     async def acquire(self, lock: trio.Lock | trio.Semaphore, timeout: float | None) -> None:
+        if timeout is None:  # no cancel scope to make: the common case
+            await lock.acquire()
+            return
         try:
-            with trio.fail_after(math.inf if timeout is None else timeout):
+            with trio.fail_after(timeout):
                 await lock.acquire()
         except trio.TooSlowError:
             raise TimeoutError("timed out") from None
-
-    async def run_handler(self, function: Any, args: tuple[Any, ...]) -> object:
-        result = function(*args)
-        return await result if inspect.isawaitable(result) else result
 
 
 class Client(AsyncClient):
@@ -196,43 +204,125 @@ async def deliver(
         return await client.deliver(message, sender, recipients)
 
 
+class _Sessions:
+    """What the trio Server lends its sessions (_async_server.AsyncSessions): a
+    CapacityLimiter of handler threads, and word of a shutdown that cancels the reads
+    of idle sessions (a cancelled receive_some() loses no data)."""
+
+    def __init__(self, threads: int) -> None:
+        self.stopping = False
+        self._limiter = trio.CapacityLimiter(threads)
+        self._idle: set[trio.CancelScope] = set()
+
+    async def run_handler(self, call: Call) -> object:
+        if call.inline:
+            result = call.function(*call.args)
+        else:
+            # Cut off at the end of the grace period, a handler thread is abandoned:
+            # it finishes on its own, and its answer is never sent.
+            result = await trio.to_thread.run_sync(
+                functools.partial(call.function, *call.args),
+                limiter=self._limiter,
+                abandon_on_cancel=True,
+            )
+        return await result if inspect.isawaitable(result) else result
+
+    async def sleep(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+
+    async def receive_idle(self, stream: TrioStream, timeout: float) -> bytes | None:
+        with trio.CancelScope() as scope:
+            self._idle.add(scope)
+            try:
+                return await stream.receive_some(timeout)
+            finally:
+                self._idle.discard(scope)
+        return None  # cancelled by stop()
+
+    def stop(self) -> None:
+        self.stopping = True
+        for scope in self._idle:
+            scope.cancel()
+
+
 class Server:
     """An LMTP server on trio. `server = await nursery.start(Server(...).serve)` starts
-    it (server.address is then set); server.close() stops it."""
+    it (server.address is then set); server.close() stops it, and serve() returns
+    once the sessions have ended.
+
+    One task accepts on each listening socket, admits at most max_connections
+    sessions (past that 421 4.3.2) and pauses after a failure (Gate). Stopping closes
+    the listening sockets and removes the socket file, answers idle sessions 421 at
+    once, gives transactions in flight `grace` seconds, then cancels what is left."""
 
     def __init__(self, handler: Handler, **settings: Unpack[ServerSettings]) -> None:
         self.handler = handler
         self.config = ServerConfig.from_settings("transports.trio.Server", settings)
-        self._scope: trio.CancelScope | None = None
         self.address: Any = None
-
-    async def _listeners(self) -> list[trio.SocketListener]:
-        cfg = self.config
-        if cfg.socket_path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(cfg.socket_path)
-            sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            await sock.bind(cfg.socket_path)
-            sock.listen(cfg.backlog)
-            listeners = [trio.SocketListener(sock)]
-        else:
-            listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host, backlog=cfg.backlog)
-        self.address = listeners[0].socket.getsockname()
-        return listeners
+        self._gate = Gate(self.config, log)
+        self._sessions: _Sessions | None = None
+        self._stop: trio.Event | None = None
+        self._stop_early = False
+        self._grace = self.config.grace
+        self._active = 0
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await self._listeners()
-        with trio.CancelScope() as self._scope:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(trio.serve_listeners, self._serve, listeners)
-                task_status.started(self)
+        cfg = self.config
+        listening = Listening(cfg)
+        self.address = listening.address
+        self._sessions = sessions = _Sessions(cfg.handler_threads)
+        self._stop = trio.Event()
+        if self._stop_early:
+            self._stop.set()
+        try:
+            async with trio.open_nursery() as running:
+                async with trio.open_nursery() as accepting:
+                    for sock in listening.sockets:
+                        listener = trio.socket.from_stdlib_socket(sock)
+                        accepting.start_soon(self._accept, listener, running)
+                    task_status.started(self)
+                    await self._stop.wait()
+                    accepting.cancel_scope.cancel()
+                listening.close()
+                sessions.stop()
+                running.cancel_scope.deadline = trio.current_time() + self._grace
+        finally:
+            listening.close()
 
-    def close(self) -> None:
-        if self._scope is not None:
-            self._scope.cancel()
+    def close(self, grace: float | None = None) -> None:
+        """Begin to stop (see the class), giving transactions in flight `grace`
+        seconds (the setting by default); call from the server's trio thread."""
+        if grace is not None:
+            self._grace = grace
+        if self._stop is None:
+            self._stop_early = True
+        else:
+            self._stop.set()
 
-    async def _serve(self, stream: trio.SocketStream) -> None:
-        await serve_connection(TrioStream(stream), self.config, self.handler, Client._backend)
+    async def _accept(self, listener: trio.socket.SocketType, running: trio.Nursery) -> None:
+        while True:
+            try:
+                sock, _ = await listener.accept()
+            except OSError as exc:
+                if pause := self._gate.failed(exc):
+                    await trio.sleep(pause)
+                continue
+            self._gate.accepted()
+            if self._active >= self._gate.limit:
+                self._gate.refuse(socket.socket(fileno=sock.detach()))
+                continue
+            self._active += 1
+            running.start_soon(self._connection, sock)
+
+    async def _connection(self, sock: trio.socket.SocketType) -> None:
+        assert self._sessions is not None
+        try:
+            stream = TrioStream(trio.SocketStream(sock))
+            await serve_connection(stream, self.config, self.handler, self._sessions)
+        except Exception:  # a bug: it must not take the other sessions down
+            log.exception("the session failed")
+        finally:
+            self._active -= 1
 
 
 async def serve(

@@ -144,6 +144,7 @@ def test_json_is_exactly_one_object_of_the_documented_shape(tmp_path: Path) -> N
             "enhanced": "2.0.0",
             "text": "Saved",
             "stage": "data",
+            "reason": None,
         },
         {
             "recipient": "x@example.org",
@@ -152,6 +153,7 @@ def test_json_is_exactly_one_object_of_the_documented_shape(tmp_path: Path) -> N
             "enhanced": "5.1.1",
             "text": "No such user here",
             "stage": "rcpt",
+            "reason": None,
         },
     ]
     assert stored(tmp_path / "m", "b@example.org")  # file input was delivered

@@ -8,16 +8,20 @@ runs transactions with random envelopes (duplicate recipients included), random
 bodies (dot lines, bare CR and LF, 8-bit bytes), DATA or BDAT, with or without STARTTLS,
 and checks after every step: each recipient has exactly one outcome, and it is exactly
 what the policy decided; the server sent exactly one final reply per accepted recipient;
-the message the server received is the CRLF-normalised body.
+the message the server received is the CRLF-normalised body. A transaction with every
+recipient refused and DATA (pipelined behind them) ends the session: the server refuses
+the DATA and closes, as a driver would, and the client sees the end of file and is
+reusable no more; nothing else ever ends it but QUIT.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from lmtp_core import (
     ClientConnection,
@@ -72,6 +76,7 @@ class ConnectionPair:
         self.client = ClientConnection(chunking=chunking, require_starttls=starttls, limits=limits)
         self.server = ServerConnection("mx.example.org", tls_available=starttls, limits=limits)
         self.policy = Policy([], [])
+        self.closed = ""  # why the server ended the session, once it has
 
     def serve(self) -> None:
         policy = self.policy
@@ -94,7 +99,9 @@ class ConnectionPair:
                 self.client.receive_data(self.server.data_to_send())
                 self.server.tls_established()
             elif isinstance(event, ConnectionClosed):
-                assert event.reason == "quit", event  # the only way this session ends
+                # QUIT, or a DATA refused because no recipient was accepted
+                assert event.reason in ("quit", "DATA refused"), event
+                self.closed = event.reason
                 return
 
     def step(self, body: list[bytes]) -> object:
@@ -102,6 +109,9 @@ class ConnectionPair:
         for _ in range(10_000):
             event = self.client.next_event()
             if event is Signal.NEED_DATA:
+                if self.closed == "DATA refused":  # the server's driver closed the socket:
+                    self.client.receive_eof()  # the client's next read is the end of file
+                    continue
                 self.server.receive_data(self.client.data_to_send())
                 self.serve()
                 self.client.receive_data(self.server.data_to_send())
@@ -129,11 +139,20 @@ class PairMachine(RuleBasedStateMachine):
         chunking=st.booleans(), starttls=st.booleans(), chunk=st.sampled_from([64, 1 << 20])
     )
     def connect(self, chunking: bool, starttls: bool, chunk: int) -> None:
-        self.pair = ConnectionPair(chunking=chunking, starttls=starttls, chunk=chunk)
+        self.options: dict[str, Any] = {"chunking": chunking, "starttls": starttls, "chunk": chunk}
+        self.chunking = chunking
+        self.results: list[TransactionResult] = []
+        self.reconnect()
+
+    @precondition(lambda self: not self.pair.client.reusable)
+    @rule()
+    def reconnect(self) -> None:
+        """A new session (as a driver opens one when the server ended the last)."""
+        self.pair = ConnectionPair(**self.options)
         event = self.pair.step([])
         assert isinstance(event, Ready), event
-        self.results: list[TransactionResult] = []
 
+    @precondition(lambda self: self.pair.client.reusable)
     @rule(
         recipients=st.lists(st.sampled_from(ADDRESSES), min_size=1, max_size=5),
         data=st.data(),
@@ -163,6 +182,12 @@ class PairMachine(RuleBasedStateMachine):
             assert b"".join(policy.received) == normalise(b"".join(body))
         else:
             assert policy.received == []  # no recipient, no body
+        # Only a refused DATA (every recipient refused, no CHUNKING) ends the session.
+        refused_data = not accepted and not self.chunking
+        assert (self.pair.closed == "DATA refused") == refused_data
+        if refused_data:
+            assert isinstance(self.pair.step([]), ConnectionClosed)
+            assert not self.pair.client.reusable
         self.results.append(result)
 
     @invariant()

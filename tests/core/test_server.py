@@ -341,22 +341,28 @@ def test_helo_and_ehlo_are_refused(line: bytes) -> None:
 
 
 def test_mail_before_lhlo() -> None:
-    run = check(MAIL + rcpt(A) + DATA)
-    assert replies(run.output) == ["503 5.5.1"] * 3
-    assert run.events == []
+    run = check(MAIL + rcpt(A) + DATA + NOOP)
+    assert replies(run.output) == ["503 5.5.1"] * 3  # the refused DATA closes: no NOOP
+    assert run.events == [ConnectionClosed("DATA refused", DATA_NO_MAIL)]
 
 
 def test_lhlo_mid_transaction_resets_it() -> None:
-    run = check(LHLO + MAIL + rcpt(A) + LHLO + DATA + rcpt(A))
+    run = check(LHLO + MAIL + rcpt(A) + LHLO + rcpt(A) + MAIL)
     assert replies(run.output) == [
         "250",
         "250 2.1.0",
         "250 2.1.5",
         "250",
         "503 5.5.1",
-        "503 5.5.1",
+        "250 2.1.0",
     ]
-    assert run.events == [Lhlo("client.example"), MailFrom(S), RcptTo(A), Lhlo("client.example")]
+    assert run.events == [
+        Lhlo("client.example"),
+        MailFrom(S),
+        RcptTo(A),
+        Lhlo("client.example"),
+        MailFrom(S),
+    ]
 
 
 # ---- MAIL -------------------------------------------------------------------------------
@@ -511,9 +517,9 @@ def test_application_refuses_mail(code: int) -> None:
             return [refusal]
         return default_policy(event, conn)
 
-    run = check(LHLO + MAIL + rcpt(A) + DATA + MAIL, policy)
+    run = check(LHLO + MAIL + rcpt(A) + MAIL, policy)
     assert run.output == lhlo_reply() + wire(refusal) + (
-        b"503 5.5.1 Send MAIL first\r\n503 5.5.1 Send MAIL first\r\n" + wire(refusal)
+        b"503 5.5.1 Send MAIL first\r\n" + wire(refusal)
     )
     assert run.events[1:] == [MailFrom(S), MailFrom(S)]
 
@@ -613,21 +619,73 @@ TXN = LHLO + MAIL + rcpt(A, B) + DATA
 
 
 def test_data_needs_accepted_recipients() -> None:
-    run = check(LHLO + MAIL + DATA + rcpt(A) + DATA + b".\r\n", refusing(A))
-    assert replies(run.output)[2:] == ["503 5.5.1", "550 5.1.1", "503 5.5.1", "500 5.5.1"]
+    run = check(LHLO + MAIL + rcpt(A) + DATA + b".\r\n", refusing(A))
+    assert replies(run.output)[2:] == ["550 5.1.1", "503 5.5.1"]
+    assert run.output.endswith(b"503 5.5.1 No valid recipients; closing the connection\r\n")
+    assert run.events[-1] == ConnectionClosed("DATA refused", NO_RECIPIENTS)
     assert not any(isinstance(e, EndOfData) for e in run.events)
 
 
-def test_data_sequence_and_syntax() -> None:
-    run = check(DATA + LHLO + DATA + MAIL + rcpt(A) + b"DATA now\r\n")
-    assert replies(run.output) == [
-        "503 5.5.1",
-        "250",
-        "503 5.5.1",
-        "250 2.1.0",
-        "250 2.1.5",
-        "501 5.5.4",
-    ]
+DATA_NO_MAIL = Reply(503, "5.5.1", "Send MAIL first; closing the connection")
+NO_RECIPIENTS = Reply(503, "5.5.1", "No valid recipients; closing the connection")
+DATA_SYNTAX = Reply(501, "5.5.4", "Syntax: DATA; closing the connection")
+
+
+@pytest.mark.parametrize(
+    ("setup", "refusal"),
+    [
+        (b"", DATA_NO_MAIL),
+        (LHLO, DATA_NO_MAIL),
+        (LHLO + MAIL, NO_RECIPIENTS),
+        (LHLO + MAIL + rcpt(A) + b"DATA now\r\n", DATA_SYNTAX),
+    ],
+)
+def test_data_sequence_and_syntax(setup: bytes, refusal: Reply) -> None:
+    line = b"" if setup.endswith(b"now\r\n") else DATA
+    run = check(setup + line + NOOP)
+    assert run.output.endswith(wire(refusal))  # and nothing after it: NOOP never ran
+    assert run.events[-1] == ConnectionClosed("DATA refused", refusal)
+
+
+# What a client that does not wait for the 354 sends when its recipients were refused
+# (issue 13): the body holds commands. None of them may run, however the input is split.
+EARLY_BODY = (
+    b"Subject: x\r\n\r\nhello\r\n"
+    + b"MAIL FROM:<evil@example.net>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\n"
+    + b"stored in the victim's mailbox\r\n.\r\nQUIT\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    [
+        LHLO + MAIL + rcpt("x@example.org"),  # every recipient refused by the application
+        LHLO + rcpt(A),  # no MAIL at all
+        LHLO + mail(" BODY=BINARYMIME") + rcpt(A),  # DATA not allowed in this transaction
+        LHLO + MAIL + rcpt(A) + b"BDAT 1\r\nx",  # DATA after BDAT
+    ],
+    ids=["no-recipients", "no-mail", "binarymime", "after-bdat"],
+)
+def test_body_sent_before_354_never_runs_as_commands(envelope: bytes) -> None:
+    for run in runs(envelope + DATA + EARLY_BODY, refusing("x@example.org")):
+        assert MailFrom("evil@example.net") not in run.events
+        assert RcptTo("victim@example.org") not in run.events
+        assert not any(isinstance(e, EndOfData | Quit) for e in run.events)
+        last = run.events[-1]
+        assert isinstance(last, ConnectionClosed) and last.reason == "DATA refused"
+        assert run.output.endswith(b"; closing the connection\r\n")
+        assert b"354" not in run.output and b"221" not in run.output
+
+
+def test_rfc2920_pipelining_still_works_with_the_body_after_354() -> None:
+    conn = server()
+    events, out = pump(conn, LHLO + MAIL + rcpt(A, B) + DATA)
+    assert replies(out)[-4:] == ["250 2.1.0", "250 2.1.5", "250 2.1.5", "354"]
+    assert [type(e) for e in events] == [Lhlo, MailFrom, RcptTo, RcptTo]
+    events, out = pump(conn, b"hello\r\n.\r\n" + MAIL + rcpt(A) + DATA)
+    assert replies(out) == ["250 2.0.0", "250 2.0.0", "250 2.1.0", "250 2.1.5", "354"]
+    assert coalesce(events)[:2] == [MessageData(b"hello\r\n"), EndOfData()]
+    assert conn.state is ServerState.DATA
 
 
 def test_data_gives_354_and_the_message() -> None:
@@ -937,21 +995,30 @@ def test_bdat_refused_when_the_application_refused_everyone() -> None:
 
 
 def test_data_and_rcpt_after_bdat() -> None:
-    run = check(ENVELOPE + bdat(b"x") + DATA + rcpt(C) + MAIL + bdat(b"y", last=True))
-    assert replies(run.output)[-6:] == [
+    run = check(ENVELOPE + bdat(b"x") + rcpt(C) + MAIL + bdat(b"y", last=True))
+    assert replies(run.output)[-5:] == [
         "250 2.0.0",
-        "503 5.5.1",
         "503 5.5.1",
         "503 5.5.1",
         "250 2.0.0",
         "250 2.0.0",
     ]
     assert coalesce(run.events)[4:] == [MessageData(b"xy"), EndOfData()]
+    closed = check(ENVELOPE + bdat(b"x") + DATA + bdat(b"y", last=True))
+    assert replies(closed.output)[-2:] == ["250 2.0.0", "503 5.5.1"]
+    assert coalesce(closed.events)[4:] == [
+        MessageData(b"x"),
+        ConnectionClosed(
+            "DATA refused",
+            Reply(503, "5.5.1", "BINARYMIME and BDAT exclude DATA; closing the connection"),
+        ),
+    ]
 
 
 def test_binarymime_excludes_data() -> None:
     run = check(LHLO + mail(" BODY=BINARYMIME") + rcpt(A) + DATA + b"x\r\n.\r\n")
-    assert replies(run.output)[-3:] == ["503 5.5.1", "500 5.5.1", "500 5.5.1"]
+    assert replies(run.output)[-3:] == ["250 2.1.0", "250 2.1.5", "503 5.5.1"]
+    assert isinstance(run.events[-1], ConnectionClosed)
 
 
 def test_binarymime_bdat_passes_bytes_untouched() -> None:
@@ -997,6 +1064,15 @@ def test_bdat_normalize_leaves_a_clean_message_alone() -> None:
         bare_line_endings=BareLineEndings.NORMALIZE,
     )
     assert exact.events[-1] == EndOfData()
+
+
+def test_bdat_with_nul_under_normalize_is_stored_not_a_crash() -> None:
+    # Found by fuzz_server: the normaliser shared with the client's encoder refused NUL
+    # (which a client must never send but as BINARYMIME) by raising out of the server.
+    run = check(
+        ENVELOPE + bdat(b"a\x00b\r\n", last=True), bare_line_endings=BareLineEndings.NORMALIZE
+    )
+    assert coalesce(run.events)[4:] == [MessageData(b"a\x00b\r\n"), EndOfData()]
 
 
 def test_bdat_oversize() -> None:
@@ -1101,12 +1177,11 @@ def test_one_reply_per_accepted_recipient_in_rcpt_order(use_bdat: bool) -> None:
 
 
 def test_rset_mid_transaction() -> None:
-    run = check(LHLO + MAIL + rcpt(A) + RSET + rcpt(A) + DATA + MAIL)
+    run = check(LHLO + MAIL + rcpt(A) + RSET + rcpt(A) + MAIL)
     assert replies(run.output)[1:] == [
         "250 2.1.0",
         "250 2.1.5",
         "250 2.0.0",
-        "503 5.5.1",
         "503 5.5.1",
         "250 2.1.0",
     ]
@@ -1339,7 +1414,7 @@ def test_starttls_resets_the_transaction() -> None:
     conn.tls_established()
     events, out = pump(conn, LHLO + rcpt(A) + DATA)
     assert replies(out) == ["250", "503 5.5.1", "503 5.5.1"]
-    assert events == [Lhlo("client.example")]
+    assert events == [Lhlo("client.example"), ConnectionClosed("DATA refused", DATA_NO_MAIL)]
 
 
 def test_implicit_tls_refuses_starttls() -> None:
@@ -1420,6 +1495,115 @@ def test_data_after_eof_is_ignored() -> None:
     assert conn.data_to_send() == b""
 
 
+# ---- require_tls, a full server, shutting down ---------------------------------------------
+
+MUST_TLS = "530 5.7.0"
+
+
+def test_require_tls_refuses_mail_until_starttls() -> None:
+    run = check(LHLO + MAIL + rcpt(A) + b"STARTTLS\r\n", require_tls=True, tls_available=True)
+    assert replies(run.output) == ["250", MUST_TLS, "503 5.5.1", "220 2.0.0"]
+    assert b"STARTTLS" in run.output.split(b"530")[0]  # still offered
+    conn = server(require_tls=True, tls_available=True)
+    pump(conn, LHLO + b"STARTTLS\r\n")
+    conn.tls_established()
+    events, out = pump(conn, LHLO + MAIL)
+    assert replies(out) == ["250", "250 2.1.0"]
+    assert events == [Lhlo("client.example"), MailFrom(S)]
+
+
+def test_require_tls_is_met_by_implicit_tls() -> None:
+    run = check(LHLO + MAIL, require_tls=True, tls_active=True)
+    assert replies(run.output) == ["250", "250 2.1.0"]
+
+
+def test_require_tls_refusals_count_toward_the_error_budget() -> None:
+    run = check(LHLO + MAIL * 3, require_tls=True, tls_available=True, limits=Limits(max_errors=2))
+    assert replies(run.output) == ["250", MUST_TLS, MUST_TLS, "421 4.7.0"]
+    assert isinstance(run.events[-1], ConnectionClosed)
+
+
+def test_require_tls_needs_a_way_to_tls() -> None:
+    with pytest.raises(LocalProtocolError, match="require_tls"):
+        ServerConnection(HOST, require_tls=True)
+
+
+def test_busy_greeting_is_421_and_the_session_ends() -> None:
+    conn = ServerConnection(HOST, busy=True)
+    refusal = Reply(421, "4.3.2", f"{HOST} Too many connections, try again later")
+    assert conn.data_to_send() == wire(refusal)
+    conn.receive_data(LHLO)  # ignored: the session is over
+    assert conn.next_event() == ConnectionClosed("too many connections", refusal)
+    assert conn.data_to_send() == b""
+    with pytest.raises(LocalProtocolError):
+        conn.next_event()
+
+
+SHUTTING_DOWN = Reply(421, "4.3.2", f"{HOST} Server shutting down")
+
+
+def test_close_when_idle_closes_an_idle_session_at_once() -> None:
+    conn = server()
+    pump(conn, LHLO)
+    assert conn.idle
+    conn.close_when_idle()
+    assert conn.next_event() == ConnectionClosed("the server is shutting down", SHUTTING_DOWN)
+    assert conn.data_to_send() == wire(SHUTTING_DOWN)
+
+
+def test_close_when_idle_before_lhlo_and_with_a_command_already_buffered() -> None:
+    for setup in (b"", LHLO):
+        conn = server()
+        pump(conn, setup)
+        conn.receive_data(MAIL + NOOP)  # arrived, not yet read: never run
+        conn.close_when_idle()
+        assert conn.next_event() == ConnectionClosed("the server is shutting down", SHUTTING_DOWN)
+        assert conn.data_to_send() == wire(SHUTTING_DOWN)
+
+
+def shut_down_at_mail(event: ServerEvent, conn: ServerConnection) -> list[Reply]:
+    if isinstance(event, MailFrom):
+        conn.close_when_idle()  # the server begins to stop while this transaction runs
+    return default_policy(event, conn)
+
+
+@pytest.mark.parametrize(
+    "body", [DATA + b"hello\r\n.\r\n", b"BDAT 3\r\nabcBDAT 2 LAST\r\nde"], ids=["data", "bdat"]
+)
+def test_close_when_idle_lets_the_transaction_in_flight_finish(body: bytes) -> None:
+    run = check(LHLO + MAIL + rcpt(A, B) + body + MAIL + rcpt(A) + QUIT, shut_down_at_mail)
+    assert replies(run.output)[-3:] == ["250 2.0.0", "250 2.0.0", "421 4.3.2"]
+    assert run.output.endswith(wire(SHUTTING_DOWN))
+    assert [type(e) for e in coalesce(run.events)][1:] == [
+        MailFrom,
+        RcptTo,
+        RcptTo,
+        MessageData,
+        EndOfData,
+        ConnectionClosed,
+    ]  # the second MAIL and the QUIT never ran
+
+
+def test_idle_is_true_only_outside_a_transaction() -> None:
+    conn = server()
+    assert conn.idle
+    conn.receive_data(LHLO + MAIL)
+    assert isinstance(conn.next_event(), Lhlo)
+    assert conn.idle
+    assert isinstance(conn.next_event(), MailFrom)
+    assert not conn.idle  # the MAIL reply is owed
+    conn.send(OK_MAIL)
+    assert not conn.idle  # MAIL accepted: a transaction is in progress
+    pump(conn, rcpt(A) + DATA + b"x")
+    assert conn.state is ServerState.DATA and not conn.idle
+    pump(conn, b"\r\n.\r\n")
+    assert conn.idle
+    pump(conn, MAIL + rcpt(A) + b"BDAT 5\r\nab")
+    assert conn.state is ServerState.BDAT and not conn.idle
+    pump(conn, b"cde" + RSET)
+    assert conn.idle
+
+
 # ---- every (state, command) pair -----------------------------------------------------------
 
 SETUPS = {
@@ -1476,7 +1660,7 @@ DEFAULT = {
     "EHLO": (["500 5.5.1"], [], _SAME),
     "MAIL": (["503 5.5.1"], [], _SAME),
     "RCPT": (["503 5.5.1"], [], _SAME),
-    "DATA": (["503 5.5.1"], [], _SAME),
+    "DATA": (["503 5.5.1"], [ConnectionClosed], "closed"),
     "BDAT": (["503 5.5.1"], [], _SAME),
     "NOOP": (["250 2.0.0"], [], _SAME),
     "VRFY": (["252 2.5.0"], [], _SAME),

@@ -256,7 +256,7 @@ def test_one_recipient(socket_dir: Path, transport: str, runtime: str) -> None:
     (envelope,) = handler.envelopes
     assert (envelope.mail_from, envelope.rcpt_tos) == (SENDER, [ALICE])
     assert envelope.content == WIRE_MESSAGE
-    size, body = envelope.mail_options
+    body, size = envelope.mail_options
     assert re.fullmatch(r"SIZE=\d+", size) and body == "BODY=8BITMIME"
 
     (transcript,) = server.sessions()
@@ -274,7 +274,7 @@ def test_one_recipient(socket_dir: Path, transport: str, runtime: str) -> None:
     ]
     assert commands(transcript) == [
         b"LHLO localhost",
-        f"MAIL FROM:<{SENDER}> {size} BODY=8BITMIME".encode(),
+        f"MAIL FROM:<{SENDER}> BODY=8BITMIME {size}".encode(),
         f"RCPT TO:<{ALICE}>".encode(),
         b"DATA",
     ]

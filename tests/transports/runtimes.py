@@ -306,17 +306,7 @@ class Received:
     size: int
     tls: bool
     lhlo: str
-    connection: object  # the thread (blocking) or task (async) that served it
-
-
-def _connection() -> object:
-    try:
-        library = sniffio.current_async_library()
-    except sniffio.AsyncLibraryNotFoundError:
-        return threading.current_thread()
-    if library == "trio":
-        return trio.lowlevel.current_task()
-    return asyncio.current_task()
+    connection: str  # the session it came on (Envelope.session: "[s7] unix:...")
 
 
 @dataclass(eq=False)  # identity equality: Session compares bound methods
@@ -355,7 +345,7 @@ class Recorder(Handler):
             envelope.size,
             envelope.tls,
             envelope.lhlo,
-            _connection(),
+            envelope.session,
         )
         with self.lock:
             self.messages.append(received)
@@ -365,9 +355,8 @@ class Recorder(Handler):
 
     @property
     def connections(self) -> int:
-        """How many distinct connections delivered messages (the objects are kept alive by
-        ``messages``, so identities are never reused)."""
-        return len({id(m.connection) for m in self.messages})
+        """How many distinct connections (sessions) delivered messages."""
+        return len({m.connection for m in self.messages})
 
 
 async def _checkpoint() -> None:

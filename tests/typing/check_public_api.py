@@ -7,6 +7,7 @@ here is collected by pytest (the name does not start with test_).
 
 from __future__ import annotations
 
+import socket
 from typing import assert_type
 
 from lmtp_core import (
@@ -15,6 +16,7 @@ from lmtp_core import (
     ConnectionClosed,
     Limits,
     MailFrom,
+    Params,
     Phase,
     RcptTo,
     RecipientResult,
@@ -25,8 +27,8 @@ from lmtp_core import (
     Status,
     TransactionResult,
 )
+from transports import Handler, blocking, inline
 from transports import asyncio as aio
-from transports import blocking
 from transports import trio as tr
 from transports._config import Timeouts
 
@@ -85,3 +87,22 @@ async def pools() -> None:
         assert_type(await tpool.deliver(b"x", "a@e.org", ["b@e.org"]), TransactionResult)
     with blocking.Pool(wait_timeout=5, max_lifetime=300) as bpool:
         assert_type(bpool.deliver(b"x", "a@e.org", ["b@e.org"]), TransactionResult)
+
+
+class Checked(Handler):
+    @inline
+    def rcpt_to(self, recipient: str, params: Params) -> Reply | None:
+        return None
+
+
+async def servers(listener: socket.socket) -> None:
+    with blocking.Server(
+        Checked(), port=0, require_tls=False, max_connections=10, handler_threads=2, grace=1.0
+    ) as server:
+        assert_type(server.shutdown(grace=0.5), None)
+    async with aio.Server(Handler(), sock=listener, refusal_soft_limit=5, refusal_delay=0.5) as a:
+        assert_type(await a.close(grace=0), None)
+    assert_type(tr.Server(Handler(), socket_path="/s").close(grace=2), None)
+    conn = ServerConnection("mx.example.org", require_tls=True, tls_available=True, busy=False)
+    assert_type(conn.idle, bool)
+    assert_type(conn.close_when_idle(), None)

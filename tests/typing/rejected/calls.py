@@ -43,6 +43,9 @@ async def server_settings(handler: Handler) -> None:
     aio.Server(handler, port="2424")  # E: arg-type
     tr.Server(handler, backlog=None)  # E: arg-type
     await aio.serve(handler, hostname=1)  # E: arg-type
+    blocking.Server(handler, max_conections=10)  # E: call-arg
+    aio.Server(handler, require_tls="yes")  # E: arg-type
+    tr.Server(handler, sock="/s")  # E: arg-type
     async with trio.open_nursery() as nursery:
         nursery.start_soon(tr.Server(handler).serve)
     Reply(250, "2.0.0", "OK")
