@@ -19,7 +19,15 @@ from typing import Any
 
 from ._config import endpoint_name
 
-__all__ = ["Poller", "escape", "idle_clean", "new_id", "peer_name"]
+__all__ = [
+    "UNIX_RETRY",
+    "Poller",
+    "escape",
+    "idle_clean",
+    "new_id",
+    "peer_name",
+    "unix_connect",
+]
 
 _ids = itertools.count(1)
 
@@ -46,6 +54,29 @@ class Poller:
     def ready(self, timeout: float) -> bool:
         """Whether the events (or an error, or a hang-up) came within `timeout` seconds."""
         return bool(self._poll.poll(math.ceil(timeout * 1000) if timeout > 0 else 0))
+
+
+def unix_connect(path: str) -> socket.socket | None:
+    """A non-blocking UNIX socket connected to `path`, or None when the server's listen
+    queue is full (try again soon). A UNIX connect never waits half-done: it succeeds
+    or fails at once, and EAGAIN means "full", which asyncio and trio both take for
+    "in progress" and then report as connected a socket that is not (its first read
+    fails with EINVAL)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.connect(path)
+    except BlockingIOError:
+        sock.close()
+        return None
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+#: Seconds between tries while a UNIX listener's queue is full: the first, the most.
+UNIX_RETRY = (0.001, 0.05)
 
 
 def peer_name(sock: Any, listening: str = "") -> str:

@@ -38,7 +38,7 @@ from ._async_server import serve_connection
 from ._config import ClientConfig, ClientSettings, ServerConfig, ServerSettings, settings_error
 from ._listen import Gate, Listening
 from ._message import Message
-from ._net import Poller, peer_name
+from ._net import UNIX_RETRY, Poller, peer_name, unix_connect
 from ._session import Call, Handler
 
 __all__ = ["Client", "Pool", "Server", "deliver", "serve"]
@@ -121,6 +121,15 @@ class StreamPair:
                 await self._writer.wait_closed()
 
 
+async def _unix_socket(path: str) -> socket.socket:
+    """Connected, waiting (within the caller's timeout) while the listen queue is full."""
+    pause, most = UNIX_RETRY
+    while (sock := unix_connect(path)) is None:
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, most)
+    return sock
+
+
 async def _tcp_socket(host: str, port: int) -> socket.socket:
     """A socket connected to the first address of `host` that answers. Address by
     address, as trio does, so that a refusal on every address reads like one refusal
@@ -154,7 +163,7 @@ class AsyncioBackend:
         async with asyncio.timeout(timeout):
             if config.socket_path is not None:
                 reader, writer = await asyncio.open_unix_connection(
-                    config.socket_path, ssl=tls, server_hostname=name
+                    sock=await _unix_socket(config.socket_path), ssl=tls, server_hostname=name
                 )
             else:
                 sock = await _tcp_socket(config.host, config.port)

@@ -31,7 +31,7 @@ from lmtp_core import MailFrom, RcptTo, TransactionResult
 from ._config import ClientConfig, ClientSettings, ServerConfig, ServerSettings, settings_error
 from ._listen import Gate, Listening
 from ._message import Message
-from ._net import Poller, peer_name
+from ._net import UNIX_RETRY, Poller, peer_name, unix_connect
 from ._session import Call, Handler
 from ._sync_client import SyncClient
 from ._sync_pool import SyncPool
@@ -125,14 +125,25 @@ class SocketStream:
             self._sock.close()
 
 
+def _unix_socket(path: str, timeout: float) -> socket.socket:
+    """Connected, waiting (within `timeout`) while the listen queue is full."""
+    end = time.monotonic() + timeout
+    pause, most = UNIX_RETRY
+    while (sock := unix_connect(path)) is None:
+        if time.monotonic() + pause > end:
+            raise TimeoutError("timed out")
+        time.sleep(pause)
+        pause = min(pause * 2, most)
+    sock.settimeout(max(end - time.monotonic(), 0.001))
+    return sock
+
+
 class SocketBackend:
     def connect(self, config: ClientConfig, timeout: float) -> SocketStream:
         sock: socket.socket | None = None
         try:
             if config.socket_path is not None:
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.settimeout(timeout)
-                sock.connect(config.socket_path)
+                sock = _unix_socket(config.socket_path, timeout)
             else:
                 sock = socket.create_connection((config.host, config.port), timeout)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

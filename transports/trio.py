@@ -35,7 +35,7 @@ from ._async_server import serve_connection
 from ._config import ClientConfig, ClientSettings, ServerConfig, ServerSettings, settings_error
 from ._listen import Gate, Listening
 from ._message import Message
-from ._net import Poller, peer_name
+from ._net import UNIX_RETRY, Poller, peer_name, unix_connect
 from ._session import Call, Handler
 
 __all__ = ["Client", "Pool", "Server", "deliver", "serve"]
@@ -119,13 +119,22 @@ class TrioStream:
             await trio.aclose_forcefully(self._stream)
 
 
+async def _unix_stream(path: str) -> trio.SocketStream:
+    """Connected, waiting (within the caller's deadline) while the listen queue is full."""
+    pause, most = UNIX_RETRY
+    while (sock := unix_connect(path)) is None:
+        await trio.sleep(pause)
+        pause = min(pause * 2, most)
+    return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+
+
 class TrioBackend:
     async def connect(self, config: ClientConfig, timeout: float) -> TrioStream:
         stream: trio.abc.Stream | None = None
         try:
             with trio.fail_after(timeout):
                 if config.socket_path is not None:
-                    stream = await trio.open_unix_socket(config.socket_path)
+                    stream = await _unix_stream(config.socket_path)
                 else:
                     stream = await trio.open_tcp_stream(config.host, config.port)
                 if config.implicit_tls:
