@@ -238,6 +238,18 @@ def same_read(chunks: list[bytes], end: int) -> bool:
     return False
 
 
+def _tail(chunks: list[bytes], end: int) -> bytes:
+    """What the read holding offset ``end`` brought from there on: the bytes the client
+    had at hand after the last reply due (a 421 among them is no surplus: the server
+    says it is closing, which it may at any time)."""
+    offset = 0
+    for chunk in chunks:
+        if offset + len(chunk) > end:
+            return chunk[end - offset :]
+        offset += len(chunk)
+    return b""
+
+
 UNSOLICITED = "reply from the server that answers no command"
 DISTRUSTED = "more replies came than were due: the pairing cannot be trusted"
 
@@ -329,7 +341,8 @@ def check(session: Session, stream: bytes, chunks: list[bytes]) -> None:
         isinstance(after, ConnectionClosed) and after.reason == UNSOLICITED
     )
     last = session.received_at_result
-    surplus = normal and same_read(chunks, found[last - 1][1])
+    end = found[last - 1][1]
+    surplus = normal and same_read(chunks, end) and not _tail(chunks, end).startswith(b"421")
     distrusted = [x for x in outcomes if x.status is Status.UNKNOWN and x.reply is not None]
     if not surplus:
         assert not distrusted, outcomes
