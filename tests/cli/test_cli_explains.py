@@ -100,15 +100,22 @@ def _read_until(fd: int, marker: bytes, seconds: float = 20) -> bytes:
     return seen
 
 
-def test_stdin_on_a_terminal_says_so(lmtp_server: LMTPTestServer) -> None:
-    assert lmtp_server.socket_path is not None
+def _send_from_a_terminal(socket_path: str) -> tuple[int, subprocess.Popen[bytes]]:
+    """`lmtp send` reading its message from a pseudo-terminal: (the terminal's master
+    side, which the test types into, and the process)."""
     master, slave = pty.openpty()
     proc = subprocess.Popen(
         [*LMTP, "send", "--from", "a@example.org", "--to", "b@example.org", "--socket",
-         lmtp_server.socket_path],
+         socket_path],
         stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     os.close(slave)
+    return master, proc
+
+
+def test_stdin_on_a_terminal_says_so(lmtp_server: LMTPTestServer) -> None:
+    assert lmtp_server.socket_path is not None
+    master, proc = _send_from_a_terminal(lmtp_server.socket_path)
     try:
         assert proc.stderr is not None
         notice = _read_until(proc.stderr.fileno(), b"\n")
@@ -164,13 +171,7 @@ def test_no_progress_when_stderr_is_not_a_terminal(
 
 def test_ctrl_c_prints_one_line_not_a_traceback(lmtp_server: LMTPTestServer) -> None:
     assert lmtp_server.socket_path is not None
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        [*LMTP, "send", "--from", "a@example.org", "--to", "b@example.org", "--socket",
-         lmtp_server.socket_path],
-        stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    os.close(slave)
+    master, proc = _send_from_a_terminal(lmtp_server.socket_path)
     try:
         assert proc.stderr is not None
         assert b"standard input" in _read_until(proc.stderr.fileno(), b"\n")
