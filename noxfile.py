@@ -8,10 +8,11 @@ own virtualenv from this machine's Python, so only Python is required.
 from __future__ import annotations
 
 import os
+import shutil
 
 import nox
 
-nox.options.sessions = ["lint", "typing", "tests", "interop", "fuzz", "docs"]
+nox.options.sessions = ["lint", "typing", "tests", "compiled", "interop", "fuzz", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
@@ -37,6 +38,35 @@ def tests(session: nox.Session) -> None:
         *session.posargs,
     )
     session.run("coverage", "report", "--fail-under=95")
+
+
+@nox.session(python=PYTHON)
+def compiled(session: nox.Session) -> None:
+    """The optional accelerated build (docs/guide/compiled.rst): a wheel with lmtp_core
+    compiled by mypyc (LMTP_MYPYC=1, needs a C compiler), installed, then the core,
+    driver, hostile and CLI tests run against it. They run from a copy of tests/ in a
+    temporary directory, so that the checkout's pure lmtp_core is not on sys.path;
+    tests/core/test_build.py fails if the compiled modules are not the ones loaded."""
+    session.install(".[test]")
+    session.install("--force-reinstall", "--no-deps", ".", env={"LMTP_MYPYC": "1"})
+    tmp = session.create_tmp()
+    shutil.rmtree(os.path.join(tmp, "tests"), ignore_errors=True)
+    shutil.copytree(
+        "tests", os.path.join(tmp, "tests"), ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copy("pyproject.toml", tmp)  # pytest's settings: strict markers, warnings as errors
+    session.chdir(tmp)
+    session.run(
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "tests/core",
+        "tests/transports",
+        "tests/hostile",
+        "tests/cli",
+        *session.posargs,
+        env={"LMTP_EXPECT_COMPILED": "1"},
+    )
 
 
 @nox.session(python=PYTHON)

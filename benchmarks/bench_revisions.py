@@ -1,4 +1,5 @@
-"""Client CPU per message of this tree against another revision, side by side in one run.
+"""Client CPU per message of this tree against another revision, or against its own
+compiled build (--compiled), side by side in one run.
 
 How it works. The baseline revision is exported with `git archive` into a temporary
 directory. One sink (benchmarks/sink.py) listens on a UNIX socket; for every round,
@@ -9,10 +10,12 @@ The child delivers the same 2 KiB message `--count` times on one reused connecti
 the message and reply counts. Contenders alternate within each round, and which tree
 goes first alternates between rounds (the second of two runs is often faster on this
 kind of VM); the median of the rounds is printed, with new/old as the ratio (below
-1.00: the new code spends less).
+1.00: the new code spends less). With --compiled, "old" is this tree as it is and
+"new" the same tree built with lmtp_core compiled by mypyc (compiled_tree.py), so
+new/old is what the optional compiled build saves.
 Client and sink are pinned to one CPU, as in bench_delivery.py section 1.
 
-    python benchmarks/bench_revisions.py [--baseline REV] [--count N] [--rounds N]
+    python benchmarks/bench_revisions.py [--baseline REV | --compiled] [--count N] [--rounds N]
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ if __name__ == "__main__" and sys.argv[1:2] == ["--child"]:
     sys.path.insert(0, sys.argv[2])  # before anything imports transports
 
 import bench_delivery as bd
+import compiled_tree
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -105,22 +109,33 @@ def run_child(tree: str, runtime: str, path: str, rcpts: int, count: int) -> Non
             from transports import trio as lmtp_trio
 
             used = trio.run(main, lmtp_trio)
+    import lmtp_core
     import transports
 
     assert Path(transports.__file__).resolve().is_relative_to(Path(tree).resolve())
+    assert Path(lmtp_core.__file__ or "").resolve().is_relative_to(Path(tree).resolve())
     print(json.dumps({"cpu_us": used / count * 1e6}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", default="31e91c6", help="the revision to compare with")
+    parser.add_argument(
+        "--compiled", action="store_true", help="this tree, pure against compiled by mypyc"
+    )
     parser.add_argument("--count", type=int, default=1500)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     cpu = sorted(os.sched_getaffinity(0))[0]
     os.sched_setaffinity(0, {cpu})  # children and the sink inherit it
     with tempfile.TemporaryDirectory() as directory:
-        trees = {"old": export(args.baseline, directory), "new": str(ROOT)}
+        if args.compiled:
+            built = compiled_tree.build(os.path.join(directory, "compiled"))
+            trees = {"old": str(ROOT), "new": built}
+            baseline = "this tree, pure Python; new = the same, lmtp_core compiled by mypyc"
+        else:
+            trees = {"old": export(args.baseline, directory), "new": str(ROOT)}
+            baseline = args.baseline
         samples: dict[tuple[str, str, int], list[float]] = {}
         with bd.start_sink(directory, "sink") as sink:
             path = bd.sock_path(sink, directory)
@@ -137,7 +152,7 @@ def main() -> None:
                             assert stats["replies"] == (args.count + 1) * rcpts, stats
     print(
         f"client CPU per message (us), {args.count} x 2 KiB on one UNIX connection, "
-        f"median of {args.rounds} rounds, pinned to CPU {cpu}; old = {args.baseline}"
+        f"median of {args.rounds} rounds, pinned to CPU {cpu}; old = {baseline}"
     )
     print(f"{'runtime':<10}{'rcpts':>6}{'old':>10}{'new':>10}{'new/old':>10}")
     for runtime in RUNTIMES:

@@ -1,12 +1,14 @@
 """lmtp_core: a sans-I/O LMTP (RFC 2033) protocol core, client and server roles.
 
-Re-exports only; see the README for how to drive a connection.
+Re-exports only; see the README for how to drive a connection. COMPILED is True when
+the package runs compiled by mypyc (the optional accelerated build, docs/guide/compiled.rst).
 """
 
 from ._body import BareLineEndings, LongLines, normalized_size
 from ._client import Capabilities, ClientConnection, ClientState, Phase, Ready
 from ._delivery import DeliveryPlan, RecipientResult, Stage, Status, TransactionResult
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from ._events import _COMPILED as COMPILED
 from ._events import (
     ConnectionClosed,
     EndOfData,
@@ -26,6 +28,7 @@ from ._limits import Limits
 from ._server import ServerConnection, ServerState
 
 __all__ = [
+    "COMPILED",
     "BareLineEndings",
     "Capabilities",
     "ClientConnection",

@@ -33,7 +33,7 @@ class ReceiveBuffer:
     def __bool__(self) -> bool:
         return bool(self._data)
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         self._data += data
 
     def take_line(self, limit: int) -> bytes | LineTooLong | None:

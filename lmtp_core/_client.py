@@ -293,7 +293,7 @@ class ClientConnection:
 
     # ---- driver side ---------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Bytes read from the transport (b"" is allowed and changes nothing)."""
         if self.state is ClientState.CLOSED or not data:
             return
@@ -527,7 +527,7 @@ class ClientConnection:
             self._rcpt_lines = lines[:0:-1]  # reversed, so pop() gives them in order
             self._command(lines[0], _Await.MAIL)
 
-    def send_body(self, data: bytes) -> None:
+    def send_body(self, data: bytes | bytearray | memoryview) -> None:
         """The next piece of the message, after Signal.NEED_BODY. A body this session
         cannot carry (an 8-bit byte without 8BITMIME, NUL without BINARYMIME, an
         over-long line) is refused here: the recipients not yet decided become

@@ -49,6 +49,10 @@ class Signal(enum.Enum):
     PAUSED = "paused"
 
 
+# True when this module runs compiled by mypyc (the optional accelerated build).
+_COMPILED = not __file__.endswith(".py")
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     """One SMTP reply: a code, an optional enhanced status code and its text.
@@ -67,6 +71,10 @@ class Reply:
         """A Reply from what the reader already checked: the grammar that parsed it
         is at least as strict as __post_init__, which is skipped (h11 builds its events
         from parsed input the same way). Not for outside use."""
+        if _COMPILED:
+            # A class compiled by mypyc cannot be made by object.__new__; there the
+            # checks of __post_init__ run as native code and cost little.
+            return cls(code, enhanced, text)
         reply = object.__new__(cls)
         setattr_ = object.__setattr__
         setattr_(reply, "code", code)

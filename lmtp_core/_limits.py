@@ -7,7 +7,7 @@ only one role uses says so. Each limit is named after what it protects against.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 __all__ = ["Limits"]
 
@@ -47,7 +47,8 @@ class Limits:
     bdat_chunk: int = 1024 * 1024
 
     def __post_init__(self) -> None:
-        for name in self.__slots__:
+        for field in fields(self):
+            name = field.name
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"Limits.{name} must be a positive int, not {value!r}")

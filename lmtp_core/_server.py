@@ -175,7 +175,7 @@ class ServerConnection:
 
     # ---- driver side ---------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Bytes read from the transport (b"" is allowed and changes nothing)."""
         if self.state is ServerState.TLS_HANDSHAKE and data:
             raise LocalProtocolError("receive_data() during the TLS handshake")

@@ -60,6 +60,7 @@ def test_public_names_are_pinned() -> None:
 
     assert sorted(lmtp_core.__all__) == sorted(
         [
+            "COMPILED",
             "BareLineEndings",
             "Capabilities",
             "ClientConnection",
@@ -94,8 +95,10 @@ def test_public_names_are_pinned() -> None:
             "normalized_size",
         ]
     )
-    for name in set(lmtp_core.__all__) - {"Params"}:  # Params is a type alias
+    # Params is a type alias, COMPILED a bool
+    for name in set(lmtp_core.__all__) - {"Params", "COMPILED"}:
         assert getattr(lmtp_core, name).__module__.startswith("lmtp_core")
+    assert isinstance(lmtp_core.COMPILED, bool)
 
 
 def test_both_packages_ship_py_typed() -> None:

@@ -33,6 +33,10 @@ __all__ = ["AsyncBody", "Body", "Message", "Spool", "prepare", "prepare_async"]
 PIECE = 1024 * 1024
 READ_SIZE = 64 * 1024
 
+#: One piece of a message as the drivers hand it to the core: bytes, or a memoryview
+#: slice of a buffer the caller gave (no copy until the core encodes it).
+Piece: TypeAlias = bytes | memoryview
+
 Message: TypeAlias = (
     bytes
     | bytearray
@@ -46,15 +50,15 @@ Message: TypeAlias = (
 
 @dataclass(slots=True)
 class Body:
-    pieces: Iterator[bytes]
+    pieces: Iterator[Piece]
     size: int | None
     eight_bit: bool | None
     #: The pieces once more from the start, for a further transaction; None: one-shot.
-    again: Callable[[], Iterator[bytes]] | None = None
+    again: Callable[[], Iterator[Piece]] | None = None
     nul: bool | None = None  # the message has NUL bytes (None: not known)
     spool: Spool | None = None
 
-    def next_piece(self) -> bytes | None:
+    def next_piece(self) -> Piece | None:
         return next(self.pieces, None)
 
     def replay(self) -> Body | None:
@@ -80,21 +84,21 @@ class Body:
 
 @dataclass(slots=True)
 class AsyncBody:
-    pieces: Iterator[bytes] | AsyncIterator[bytes]  # a plain one is not wrapped: speed
+    pieces: Iterator[Piece] | AsyncIterator[Piece]  # a plain one is not wrapped: speed
     size: int | None
     eight_bit: bool | None
-    again: Callable[[], Iterator[bytes]] | None = None
+    again: Callable[[], Iterator[Piece]] | None = None
     nul: bool | None = None
     spool: Spool | None = None
 
-    async def next_piece(self) -> bytes | None:
+    async def next_piece(self) -> Piece | None:
         pieces = self.pieces
         if hasattr(pieces, "__next__"):  # not isinstance(): an ABC check costs more
             return next(pieces, None)  # type: ignore[arg-type]
         return await anext(pieces, None)
 
     def replay(self) -> AsyncBody | None:
-        pieces: Iterator[bytes] | AsyncIterator[bytes]
+        pieces: Iterator[Piece] | AsyncIterator[Piece]
         if self.spool is not None:
             pieces = self.spool.async_pieces()
         elif self.again is not None:
@@ -119,7 +123,7 @@ class Spool:
     reading stopped (a transaction cut short, or one that never asked for the body),
     so every reading is the whole message."""
 
-    def __init__(self, source: Iterator[bytes] | AsyncIterator[bytes]) -> None:
+    def __init__(self, source: Iterator[Piece] | AsyncIterator[Piece]) -> None:
         self._source = source
         self._file = tempfile.SpooledTemporaryFile(max_size=PIECE)  # noqa: SIM115
 
@@ -133,20 +137,20 @@ class Spool:
             position += len(piece)
             yield piece
 
-    def _store(self, piece: bytes) -> bytes:
+    def _store(self, piece: Piece) -> Piece:
         self._file.seek(0, os.SEEK_END)
         self._file.write(piece)
         return piece
 
-    def pieces(self) -> Iterator[bytes]:
+    def pieces(self) -> Iterator[Piece]:
         yield from self._stored()
         assert isinstance(self._source, Iterator)
         for piece in self._source:
             yield self._store(piece)
 
-    async def async_pieces(self) -> AsyncIterator[bytes]:
-        for piece in self._stored():
-            yield piece
+    async def async_pieces(self) -> AsyncIterator[Piece]:
+        for stored in self._stored():
+            yield stored
         if isinstance(self._source, Iterator):
             for piece in self._source:
                 yield self._store(piece)
@@ -173,10 +177,10 @@ def _rewound(file: IO[bytes]) -> Callable[[], Iterator[bytes]] | None:
     return again
 
 
-def _slices(data: bytes | bytearray | memoryview) -> Iterator[bytes]:
+def _slices(data: bytes | bytearray | memoryview) -> Iterator[Piece]:
     view = memoryview(data).cast("B")
     for start in range(0, len(view), PIECE):
-        yield view[start : start + PIECE]  # type: ignore[misc]
+        yield view[start : start + PIECE]
 
 
 def _read(file: IO[bytes]) -> Iterator[bytes]:

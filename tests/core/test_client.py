@@ -46,6 +46,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lmtp_core import (
+    COMPILED,
     Capabilities,
     ClientConnection,
     ClientState,
@@ -3118,7 +3119,9 @@ def test_check_envelope_refuses_before_any_connection() -> None:
         ("s@example.net", ["not an address"]),
         ("s@example.net\r\nRCPT TO:<x@y>", ["a@example.org"]),
     ]:
-        with pytest.raises(LocalProtocolError):
+        # compiled, a wrongly typed argument is a TypeError before the method runs
+        wrong_type = COMPILED and isinstance(sender, int)
+        with pytest.raises(TypeError if wrong_type else LocalProtocolError):
             ClientConnection.check_envelope(sender, recipients)  # type: ignore[arg-type]
 
 
