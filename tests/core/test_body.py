@@ -644,9 +644,26 @@ def test_decoder_split_invariance(raw: bytes, seed: int, normalize: bool) -> Non
         (b"\r\r\n", True),
         (b"\r\n\n", True),
         (b"\n\r", True),
+        # CR and LF alternate, but not side by side: every one of them is bare
+        (b"a\rb\nc", True),
+        (b"\r\na\rb\n", True),
+        (b"\r\n\r\n", False),
+        (b"\r\r\n\n", True),
     ],
 )
 def test_has_bare_line_ending(chunk: bytes, bare: bool) -> None:
+    assert has_bare_line_ending(chunk) is bare
+
+
+@given(
+    st.binary(max_size=40) | st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"x"])).map(b"".join)
+)
+@settings(BASE, max_examples=2000)
+def test_has_bare_line_ending_matches_a_byte_by_byte_reference(chunk: bytes) -> None:
+    bare = any(
+        (byte == 13 and chunk[i + 1 : i + 2] != b"\n") or (byte == 10 and chunk[i - 1 : i] != b"\r")
+        for i, byte in enumerate(chunk)
+    )
     assert has_bare_line_ending(chunk) is bare
 
 
