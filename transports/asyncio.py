@@ -1,9 +1,15 @@
 """asyncio driver: lmtp_core over asyncio streams, for the client and the server role.
 
-How it works. This module is only the runtime's adapter: StreamPair moves bytes over an
-asyncio StreamReader/StreamWriter with asyncio.timeout() around each wait, and
-AsyncioBackend connects and makes locks; the delivery flow and the per-connection
-server loop are the shared async ones (_async_client.py, _async_server.py). Writes wait
+How it works. This module is only the runtime's adapter: a client's plain connection
+is a SocketStream, a non-blocking socket that tries each send and receive at once and
+goes through the event loop (sock_sendall/sock_recv under asyncio.timeout()) only when
+the call would block, so a reply that is already there costs one system call and no
+turn of the loop; after FAST_TURNS calls in a row that did not wait it yields once,
+so that a peer that is always ready cannot starve other tasks. STARTTLS and implicit
+TLS (and every server session) use StreamPair, which moves bytes over an asyncio
+StreamReader/StreamWriter with asyncio.timeout() around each wait. AsyncioBackend
+connects and makes locks; the delivery flow and the per-connection server loop are
+the shared async ones (_async_client.py, _async_server.py). StreamPair's writes wait
 until the transport's buffer is empty (write buffer limit 0); after a failed write only
 bytes still in that buffer are known not to have left (drain() also fails when the peer
 went away after taking everything), so a failure with an empty buffer is reported as
@@ -121,6 +127,88 @@ class StreamPair:
                 await self._writer.wait_closed()
 
 
+#: Sends and receives in a row that may complete without a turn of the event loop.
+FAST_TURNS = 16
+
+
+class SocketStream:
+    """A client's plain (not TLS) connection: a non-blocking socket, tried first and
+    waited on through the loop only when it would block (see the module comment)."""
+
+    tls = False
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._loop = asyncio.get_running_loop()
+        self._readable = Poller(sock.fileno(), select.POLLIN | select.POLLPRI)
+        self._turns = 0  # calls in a row that did not go through the loop
+
+    async def _give_the_loop_a_turn(self) -> None:
+        """FAST_TURNS calls in a row completed without the loop: give it a turn."""
+        self._turns = 0
+        await asyncio.sleep(0)
+
+    async def send_all(self, data: bytes, timeout: float) -> None:
+        if timeout <= 0:
+            raise TimeoutError("timed out")
+        if self._turns < FAST_TURNS:
+            self._turns += 1
+        else:
+            await self._give_the_loop_a_turn()
+        try:
+            sent = self._sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent == len(data):
+            return
+        self._turns = 0
+        async with asyncio.timeout(timeout):
+            await self._loop.sock_sendall(self._sock, memoryview(data)[sent:])
+
+    def unsent(self) -> bool:
+        return True  # a send fails only before the kernel took the last byte
+
+    async def receive_some(self, timeout: float) -> bytes:
+        if timeout <= 0:
+            raise TimeoutError("timed out")
+        if self._turns < FAST_TURNS:
+            self._turns += 1
+        else:
+            await self._give_the_loop_a_turn()
+        try:
+            return self._sock.recv(65536)
+        except BlockingIOError:
+            pass
+        self._turns = 0
+        async with asyncio.timeout(timeout):
+            return await self._loop.sock_recv(self._sock, 65536)
+
+    async def start_tls(
+        self,
+        context: ssl.SSLContext,
+        server_hostname: str | None,
+        timeout: float,
+        server_side: bool = False,
+    ) -> StreamPair:
+        # The core has every byte read so far (and refuses any after the STARTTLS
+        # reply), so the asyncio streams made here start empty.
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(sock=self._sock)
+            await writer.start_tls(context, server_hostname=server_hostname or "")
+        return StreamPair(reader, writer)
+
+    def idle_clean(self) -> bool:
+        return self._sock.fileno() >= 0 and not self._readable.ready(0)
+
+    def peer(self, listening: str) -> str:
+        return peer_name(self._sock, listening)
+
+    async def aclose(self, forceful: bool = False) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+
 async def _unix_socket(path: str) -> socket.socket:
     """Connected, waiting (within the caller's timeout) while the listen queue is full."""
     pause, most = UNIX_RETRY
@@ -156,20 +244,23 @@ async def _tcp_socket(host: str, port: int) -> socket.socket:
 
 
 class AsyncioBackend:
-    async def connect(self, config: ClientConfig, timeout: float) -> StreamPair:
+    async def connect(self, config: ClientConfig, timeout: float) -> SocketStream | StreamPair:
         tls = config.ssl_context if config.implicit_tls else None
-        # asyncio insists on a name with TLS; "" is its way to say "no name to check".
-        name = (config.server_hostname or "") if tls else None
         async with asyncio.timeout(timeout):
             if config.socket_path is not None:
-                reader, writer = await asyncio.open_unix_connection(
-                    sock=await _unix_socket(config.socket_path), ssl=tls, server_hostname=name
-                )
+                sock = await _unix_socket(config.socket_path)
             else:
                 sock = await _tcp_socket(config.host, config.port)
+            if tls is None:
+                return SocketStream(sock)
+            # asyncio insists on a name with TLS; "" is its way to say "no name to check".
+            try:
                 reader, writer = await asyncio.open_connection(
-                    sock=sock, ssl=tls, server_hostname=name
+                    sock=sock, ssl=tls, server_hostname=config.server_hostname or ""
                 )
+            except BaseException:
+                sock.close()
+                raise
         return StreamPair(reader, writer)
 
     def lock(self) -> asyncio.Lock:
