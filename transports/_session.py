@@ -27,7 +27,7 @@ import logging
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, TypeAlias, TypeVar
+from typing import IO, Any, TypeAlias, TypeGuard, TypeVar
 
 from lmtp_core import (
     EndOfData,
@@ -121,6 +121,16 @@ class Call:
     replies: int  # how many replies the result must give
     #: Calling it cannot block (Handler's own method, or async def): no thread needed.
     inline: bool = False
+    #: The reply a None (or a None in the list) stands for.
+    default: Reply = DELIVERED
+    #: The call is deliver(): its replies end the transaction.
+    delivers: bool = False
+
+
+def awaitable(result: object) -> TypeGuard[Awaitable[Any]]:
+    """Whether a handler's result must be awaited. The usual results (None, a Reply)
+    are told apart first: inspect.isawaitable() runs several isinstance() checks."""
+    return result is not None and type(result) is not Reply and inspect.isawaitable(result)
 
 
 _HANDLER_OWN = frozenset({Handler.mail_from, Handler.rcpt_to, Handler.deliver})
@@ -148,6 +158,9 @@ class Session:
         self.peer = peer
         self.envelope = Envelope(tls=tls, session=peer)
         self._pending: tuple[str, object] | None = None
+        # Bound once: a bound method is made anew at every attribute access.
+        self._mail_from, self._rcpt_to = handler.mail_from, handler.rcpt_to
+        self._deliver = handler.deliver
         self._inline = {
             name: _inline(getattr(handler, name)) for name in ("mail_from", "rcpt_to", "deliver")
         }
@@ -165,16 +178,17 @@ class Session:
         elif isinstance(event, MailFrom):
             self._pending = ("mail", event)
             args = (event.address, event.params)
-            return Call(self.handler.mail_from, args, 1, self._inline["mail_from"])
+            return Call(self._mail_from, args, 1, self._inline["mail_from"], ACCEPT_MAIL)
         elif isinstance(event, RcptTo):
             self._pending = ("rcpt", event)
             args = (event.address, event.params)
-            return Call(self.handler.rcpt_to, args, 1, self._inline["rcpt_to"])
+            return Call(self._rcpt_to, args, 1, self._inline["rcpt_to"], ACCEPT_RCPT)
         elif isinstance(event, EndOfData):
             if env.message is None:
                 env.message = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115
             env.message.seek(0)
-            return Call(self.handler.deliver, (env,), len(env.recipients), self._inline["deliver"])
+            count, inline_ = len(env.recipients), self._inline["deliver"]
+            return Call(self._deliver, (env,), count, inline_, DELIVERED, delivers=True)
         elif isinstance(event, MessageRefused):
             log.info("%s: message refused by the core: %s", self.peer, event.reply)
             self.new_transaction()
@@ -204,11 +218,7 @@ class Session:
         self._send(call, [FAILED] * call.replies)
 
     def _replies(self, call: Call, result: object) -> list[Reply] | None:
-        defaults: dict[object, Reply] = {
-            self.handler.mail_from: ACCEPT_MAIL,
-            self.handler.rcpt_to: ACCEPT_RCPT,
-        }
-        default = defaults.get(call.function, DELIVERED)
+        default = call.default
         if result is None or isinstance(result, Reply):
             return [result or default] * call.replies
         if (
@@ -222,9 +232,11 @@ class Session:
     def _send(self, call: Call, replies: list[Reply]) -> None:
         env = self.envelope
         pending, self._pending = self._pending, None
-        if any(300 <= reply.code < 400 for reply in replies):
-            log.error("%s: handler gave a 3xx reply; sending 451", self.peer)
-            replies = [FAILED] * len(replies)
+        for reply in replies:
+            if 300 <= reply.code < 400:
+                log.error("%s: handler gave a 3xx reply; sending 451", self.peer)
+                replies = [FAILED] * len(replies)
+                break
         for reply in replies:
             self.conn.send(reply)
         if pending is not None and not replies[0].is_positive:
@@ -241,7 +253,7 @@ class Session:
             elif isinstance(event, RcptTo):
                 env.recipients.append(event.address)
                 env.rcpt_params.append(event.params)
-        if call.function == self.handler.deliver:
+        if call.delivers:
             for recipient, reply in zip(env.recipients, replies, strict=True):
                 log.info("%s: %s %s", self.peer, escape(recipient), reply)
             self.new_transaction()

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import inspect
 import logging
 import select
 import socket
@@ -45,7 +44,7 @@ from ._config import ClientConfig, ClientSettings, ServerConfig, ServerSettings,
 from ._listen import Gate, Listening
 from ._message import Message
 from ._net import UNIX_RETRY, Poller, peer_name, unix_connect
-from ._session import Call, Handler
+from ._session import Call, Handler, awaitable
 
 __all__ = ["Client", "Pool", "Server", "deliver", "serve"]
 
@@ -340,7 +339,7 @@ class _Sessions:
             result = await asyncio.get_running_loop().run_in_executor(
                 self._executor, functools.partial(call.function, *call.args)
             )
-        return await result if inspect.isawaitable(result) else result
+        return await result if awaitable(result) else result
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

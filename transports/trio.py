@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import logging
 import select
 import socket
@@ -43,7 +42,7 @@ from ._config import ClientConfig, ClientSettings, ServerConfig, ServerSettings,
 from ._listen import Gate, Listening
 from ._message import Message
 from ._net import UNIX_RETRY, Poller, peer_name, unix_connect
-from ._session import Call, Handler
+from ._session import Call, Handler, awaitable
 
 __all__ = ["Client", "Pool", "Server", "deliver", "serve"]
 
@@ -345,7 +344,7 @@ class _Sessions:
                 limiter=self._limiter,
                 abandon_on_cancel=True,
             )
-        return await result if inspect.isawaitable(result) else result
+        return await result if awaitable(result) else result
 
     async def sleep(self, seconds: float) -> None:
         await trio.sleep(seconds)
