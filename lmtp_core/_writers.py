@@ -11,8 +11,13 @@ from ._events import Params, Reply
 
 
 def write_reply(reply: Reply) -> bytes:
+    text, enhanced = reply.text, reply.enhanced
+    if "\n" not in text:  # one line, nearly every reply: no per-line formatting
+        if enhanced:
+            return f"{reply.code} {enhanced} {text}\r\n".encode("utf-8")
+        return f"{reply.code} {text}\r\n".encode("utf-8")
     head = f"{reply.code}"
-    enhanced = f"{reply.enhanced} " if reply.enhanced else ""
+    enhanced = f"{enhanced} " if enhanced else ""
     lines = reply.lines
     last = len(lines) - 1
     return "".join(
