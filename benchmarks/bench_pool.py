@@ -13,7 +13,11 @@ a user would otherwise pick. Contenders alternate within each round; the median 
 rounds is printed as messages per second with the ratio of the pool to each other.
 
     python benchmarks/bench_pool.py [--in-flight 200] [--messages 2000] [--rounds 3]
-        [--no-dovecot]
+        [--no-dovecot] [--cpus split|any]
+
+Like bench_delivery.py's concurrent sections, the client (this process) and our server
+are pinned to one CPU each by default: unpinned, the scheduler moves them about and
+single rounds swing by a third.
 """
 
 from __future__ import annotations
@@ -218,14 +222,24 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-dovecot", action="store_true")
     parser.add_argument("--no-ours", action="store_true", help="only the Dovecot table")
+    parser.add_argument(
+        "--cpus",
+        choices=["split", "any"],
+        default="split",
+        help="split (default): this process on one CPU, our server on the other; any: "
+        "unpinned (run-to-run spread about twice as wide)",
+    )
     args = parser.parse_args()
     bd.raise_file_limit()
+    bd.CPUS_MODE = args.cpus
+    placement = bd.place(bulk=True)
     rcpts = bd.recipients(1)
     pools = {name: name.split(" ")[0] + " pool (8)" for name in CONTENDERS}
     print(
         f"lmtp pool benchmark: {args.messages} x 2 KiB, 1 recipient, {args.in_flight} in "
         f"flight, UNIX socket, median of {args.rounds} rounds; Python "
-        f"{sys.version.split()[0]}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}"
+        f"{sys.version.split()[0]}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; "
+        f"{placement}"
     )
     with tempfile.TemporaryDirectory(prefix="lmtp-bench-") as directory:
         if not args.no_ours:

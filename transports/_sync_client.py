@@ -139,6 +139,11 @@ class SyncConnection:
     def is_open(self) -> bool:
         return self._stream is not None
 
+    @property
+    def reusable(self) -> bool:
+        """Open, and the core is ready for another transaction."""
+        return self._stream is not None and self._core.reusable
+
     def idle_clean(self) -> bool:
         """Ready for a transaction, and nothing arrived while the connection was idle."""
         stream = self._stream

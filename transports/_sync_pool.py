@@ -160,7 +160,8 @@ class SyncPool:
     def _checkin(self, connection: SyncConnection) -> None:
         try:
             now = time.monotonic()
-            keep = not self._closed and connection.idle_clean()
+            # Reusable now; whether it stays silent while idle is checked at checkout.
+            keep = not self._closed and connection.reusable
             keep = keep and now - connection.opened < self.pool_config.max_lifetime
             with self._mutex:
                 self._busy -= 1

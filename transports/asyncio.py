@@ -175,13 +175,34 @@ class SocketStream:
             self._turns += 1
         else:
             await self._give_the_loop_a_turn()
+        sock = self._sock
         try:
-            return self._sock.recv(65536)
+            return sock.recv(65536)
         except BlockingIOError:
             pass
         self._turns = 0
-        async with asyncio.timeout(timeout):
-            return await self._loop.sock_recv(self._sock, 65536)
+        end = self._loop.time() + timeout
+        while True:
+            await self._readable_within(end)
+            try:
+                return sock.recv(65536)
+            except BlockingIOError:  # a spurious wake-up
+                pass
+
+    async def _readable_within(self, end: float) -> None:
+        """Wait until the socket is readable (or closed); TimeoutError at `end` (loop
+        time). A future woken by a reader callback and a timer: cheaper than
+        sock_recv() under asyncio.timeout(), which try the read again and make a
+        Timeout object each time."""
+        loop, fd = self._loop, self._sock.fileno()
+        waiter = loop.create_future()
+        loop.add_reader(fd, _wake, waiter)
+        timer = loop.call_at(end, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            loop.remove_reader(fd)
 
     async def start_tls(
         self,
@@ -206,6 +227,16 @@ class SocketStream:
     async def aclose(self, forceful: bool = False) -> None:
         with contextlib.suppress(OSError):
             self._sock.close()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError("timed out"))
 
 
 async def _unix_socket(path: str) -> socket.socket:
@@ -285,7 +316,9 @@ class AsyncioBackend:
         return asyncio.get_running_loop().create_task(run())
 
     async def acquire(self, lock: asyncio.Lock | asyncio.Semaphore, timeout: float | None) -> None:
-        if timeout is None:  # no total deadline: no timer to arm
+        # No timer to arm without a deadline, nor for a semaphore with a slot free now
+        # (Semaphore.locked() counts its waiters too, so acquire() will not wait).
+        if timeout is None or (isinstance(lock, asyncio.Semaphore) and not lock.locked()):
             await lock.acquire()
             return
         async with asyncio.timeout(timeout):
