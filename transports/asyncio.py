@@ -1,11 +1,9 @@
 """asyncio driver: lmtp_core over asyncio streams, for the client and the server role.
 
 How it works. This module is only the runtime's adapter: a client's plain connection
-is a SocketStream, a non-blocking socket that tries each send and receive at once and
-goes through the event loop (sock_sendall/sock_recv under asyncio.timeout()) only when
-the call would block, so a reply that is already there costs one system call and no
-turn of the loop; after FAST_TURNS calls in a row that did not wait it yields once,
-so that a peer that is always ready cannot starve other tasks. STARTTLS and implicit
+is a SocketStream, tried first (_plain.py: each send and receive at once, through the
+event loop only when it would block, a yield every FAST_TURNS calls in a row), which
+waits on a future woken by a reader or writer callback and a timer. STARTTLS and implicit
 TLS (and every server session) use StreamPair, which moves bytes over an asyncio
 StreamReader/StreamWriter with asyncio.timeout() around each wait. AsyncioBackend
 connects and makes locks; the delivery flow and the per-connection server loop are
@@ -44,6 +42,7 @@ from ._config import ClientConfig, ClientSettings, ServerConfig, ServerSettings,
 from ._listen import Gate, Listening
 from ._message import Message
 from ._net import UNIX_RETRY, Poller, peer_name, unix_connect
+from ._plain import PlainStream
 from ._session import Call, Handler, awaitable
 
 __all__ = ["Client", "Pool", "Server", "deliver", "serve"]
@@ -126,83 +125,35 @@ class StreamPair:
                 await self._writer.wait_closed()
 
 
-#: Sends and receives in a row that may complete without a turn of the event loop.
-FAST_TURNS = 16
-
-
-class SocketStream:
-    """A client's plain (not TLS) connection: a non-blocking socket, tried first and
-    waited on through the loop only when it would block (see the module comment)."""
-
-    tls = False
+class SocketStream(PlainStream):
+    """A client's plain (not TLS) connection, tried first (_plain.py); it goes through
+    the loop with a future woken by a reader (or writer) callback and a timer."""
 
     def __init__(self, sock: socket.socket) -> None:
-        sock.setblocking(False)
-        self._sock = sock
+        super().__init__(sock)
         self._loop = asyncio.get_running_loop()
-        self._readable = Poller(sock.fileno(), select.POLLIN | select.POLLPRI)
-        self._turns = 0  # calls in a row that did not go through the loop
 
-    async def _give_the_loop_a_turn(self) -> None:
-        """FAST_TURNS calls in a row completed without the loop: give it a turn."""
-        self._turns = 0
+    async def yield_now(self) -> None:
         await asyncio.sleep(0)
 
-    async def send_all(self, data: bytes, timeout: float) -> None:
-        if timeout <= 0:
-            raise TimeoutError("timed out")
-        if self._turns < FAST_TURNS:
-            self._turns += 1
-        else:
-            await self._give_the_loop_a_turn()
-        try:
-            sent = self._sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        if sent == len(data):
-            return
-        self._turns = 0
-        async with asyncio.timeout(timeout):
-            await self._loop.sock_sendall(self._sock, memoryview(data)[sent:])
+    async def readable(self, timeout: float) -> None:
+        await self._ready(self._loop.add_reader, self._loop.remove_reader, timeout)
 
-    def unsent(self) -> bool:
-        return True  # a send fails only before the kernel took the last byte
+    async def writable(self, timeout: float) -> None:
+        await self._ready(self._loop.add_writer, self._loop.remove_writer, timeout)
 
-    async def receive_some(self, timeout: float) -> bytes:
-        if timeout <= 0:
-            raise TimeoutError("timed out")
-        if self._turns < FAST_TURNS:
-            self._turns += 1
-        else:
-            await self._give_the_loop_a_turn()
-        sock = self._sock
-        try:
-            return sock.recv(65536)
-        except BlockingIOError:
-            pass
-        self._turns = 0
-        end = self._loop.time() + timeout
-        while True:
-            await self._readable_within(end)
-            try:
-                return sock.recv(65536)
-            except BlockingIOError:  # a spurious wake-up
-                pass
-
-    async def _readable_within(self, end: float) -> None:
-        """Wait until the socket is readable (or closed); TimeoutError at `end` (loop
-        time). A future woken by a reader callback and a timer: cheaper than
-        sock_recv() under asyncio.timeout(), which try the read again and make a
-        Timeout object each time."""
-        loop, fd = self._loop, self._sock.fileno()
-        waiter = loop.create_future()
-        loop.add_reader(fd, _wake, waiter)
-        timer = loop.call_at(end, _expire, waiter)
+    async def _ready(self, add: Any, remove: Any, timeout: float) -> None:
+        # Cheaper than sock_recv() under asyncio.timeout(), which try the call again
+        # and make a Timeout object each time.
+        fd = self._sock.fileno()
+        waiter = self._loop.create_future()
+        add(fd, _wake, waiter)
+        timer = self._loop.call_later(timeout, _expire, waiter)
         try:
             await waiter
         finally:
             timer.cancel()
-            loop.remove_reader(fd)
+            remove(fd)
 
     async def start_tls(
         self,
@@ -217,16 +168,6 @@ class SocketStream:
             reader, writer = await asyncio.open_connection(sock=self._sock)
             await writer.start_tls(context, server_hostname=server_hostname or "")
         return StreamPair(reader, writer)
-
-    def idle_clean(self) -> bool:
-        return self._sock.fileno() >= 0 and not self._readable.ready(0)
-
-    def peer(self, listening: str) -> str:
-        return peer_name(self._sock, listening)
-
-    async def aclose(self, forceful: bool = False) -> None:
-        with contextlib.suppress(OSError):
-            self._sock.close()
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

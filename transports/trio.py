@@ -1,11 +1,10 @@
 """trio driver: lmtp_core over trio streams, for the client and the server role.
 
 How it works. This module is only the runtime's adapter. A client's plain connection is
-a SocketStream: a non-blocking stdlib socket that tries each send and receive at once
-and waits (trio.lowlevel.wait_readable/wait_writable under trio.fail_after()) only when
-the call would block, so a reply already there costs one system call and no trip
-through the scheduler; after FAST_TURNS calls in a row that did not wait it passes a
-checkpoint, and deliver() always passes one (taking its turn on the connection), so
+a SocketStream, tried first (_plain.py: each send and receive at once, through trio
+only when it would block, with trio.lowlevel.wait_readable/wait_writable under
+trio.fail_after(); a checkpoint every FAST_TURNS calls in a row), and deliver() always
+passes one checkpoint (taking its turn on the connection or a pool slot), so
 cancellation and fairness hold as trio expects. TLS connections and every server
 session use TrioStream, which moves bytes over a trio stream with trio.fail_after()
 around each wait. Both turn trio's exceptions into OSError (TooSlowError into
@@ -42,6 +41,7 @@ from ._config import ClientConfig, ClientSettings, ServerConfig, ServerSettings,
 from ._listen import Gate, Listening
 from ._message import Message
 from ._net import UNIX_RETRY, Poller, peer_name, unix_connect
+from ._plain import PlainStream
 from ._session import Call, Handler, awaitable
 
 __all__ = ["Client", "Pool", "Server", "deliver", "serve"]
@@ -125,74 +125,24 @@ class TrioStream:
             await trio.aclose_forcefully(self._stream)
 
 
-#: Sends and receives in a row that may complete without passing a checkpoint.
-FAST_TURNS = 16
+class SocketStream(PlainStream):
+    """A client's plain (not TLS) connection, tried first (_plain.py); it goes through
+    trio with wait_readable/wait_writable under trio.fail_after()."""
 
-
-class SocketStream:
-    """A client's plain (not TLS) connection: a non-blocking stdlib socket, tried first
-    and waited on through trio only when it would block (see the module comment)."""
-
-    tls = False
-
-    def __init__(self, sock: socket.socket) -> None:
-        sock.setblocking(False)
-        self._sock = sock
-        self._readable = Poller(sock.fileno(), select.POLLIN | select.POLLPRI)
-        self._turns = 0  # calls in a row that passed no checkpoint
-
-    async def _checkpoint(self) -> None:
-        """FAST_TURNS calls in a row passed no checkpoint: pass one now."""
-        self._turns = 0
+    async def yield_now(self) -> None:
         await trio.lowlevel.checkpoint()
 
-    async def send_all(self, data: bytes, timeout: float) -> None:
-        if timeout <= 0:
-            raise TimeoutError("timed out")
-        if self._turns < FAST_TURNS:
-            self._turns += 1
-        else:
-            await self._checkpoint()
-        sock = self._sock
-        try:
-            sent = sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        if sent == len(data):
-            return
-        rest = memoryview(data)[sent:]
-        self._turns = 0
+    async def readable(self, timeout: float) -> None:
         try:
             with trio.fail_after(timeout):
-                while rest:
-                    await trio.lowlevel.wait_writable(sock)
-                    with contextlib.suppress(BlockingIOError):
-                        rest = rest[sock.send(rest) :]
+                await trio.lowlevel.wait_readable(self._sock)
         except trio.TooSlowError as exc:
             raise _os_error(exc) from exc
 
-    def unsent(self) -> bool:
-        return True  # a send fails only before the kernel took the last byte
-
-    async def receive_some(self, timeout: float) -> bytes:
-        if timeout <= 0:
-            raise TimeoutError("timed out")
-        if self._turns < FAST_TURNS:
-            self._turns += 1
-        else:
-            await self._checkpoint()
-        sock = self._sock
-        try:
-            return sock.recv(65536)
-        except BlockingIOError:
-            pass
-        self._turns = 0
+    async def writable(self, timeout: float) -> None:
         try:
             with trio.fail_after(timeout):
-                while True:
-                    await trio.lowlevel.wait_readable(sock)
-                    with contextlib.suppress(BlockingIOError):  # a spurious wake-up
-                        return sock.recv(65536)
+                await trio.lowlevel.wait_writable(self._sock)
         except trio.TooSlowError as exc:
             raise _os_error(exc) from exc
 
@@ -205,16 +155,6 @@ class SocketStream:
     ) -> TrioStream:
         plain = TrioStream(trio.SocketStream(trio.socket.from_stdlib_socket(self._sock)))
         return await plain.start_tls(context, server_hostname, timeout, server_side)
-
-    def idle_clean(self) -> bool:
-        return self._sock.fileno() >= 0 and not self._readable.ready(0)
-
-    def peer(self, listening: str) -> str:
-        return peer_name(self._sock, listening)
-
-    async def aclose(self, forceful: bool = False) -> None:
-        with contextlib.suppress(OSError):
-            self._sock.close()
 
 
 async def _unix_socket(path: str) -> socket.socket:
