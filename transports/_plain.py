@@ -62,13 +62,19 @@ class PlainStream:
 
     # ---- the stream -----------------------------------------------------------------
 
-    async def send_all(self, data: bytes, timeout: float) -> None:
+    def _must_yield(self, timeout: float) -> bool:
+        """Count a call (a plain method: no coroutine made on the fast path); True when
+        FAST_TURNS calls in a row did not wait, so this one yields first."""
         if timeout <= 0:
             raise TimeoutError("timed out")
         if self._turns < FAST_TURNS:
             self._turns += 1
-        else:
-            self._turns = 0
+            return False
+        self._turns = 0
+        return True
+
+    async def send_all(self, data: bytes, timeout: float) -> None:
+        if self._must_yield(timeout):
             await self.yield_now()
         sock = self._sock
         try:
@@ -89,12 +95,7 @@ class PlainStream:
         return True  # a send fails only before the kernel took the last byte
 
     async def receive_some(self, timeout: float) -> bytes:
-        if timeout <= 0:
-            raise TimeoutError("timed out")
-        if self._turns < FAST_TURNS:
-            self._turns += 1
-        else:
-            self._turns = 0
+        if self._must_yield(timeout):
             await self.yield_now()
         sock = self._sock
         try:
