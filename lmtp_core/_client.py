@@ -271,7 +271,7 @@ class ClientConnection:
         self._limits = limits or Limits()
         self._buffer = ReceiveBuffer()
         self._reader = ReplyReader(self._limits)
-        self._out = bytearray()
+        self._out: list[bytes] = []  # pieces to write, joined by data_to_send()
         self._awaiting: deque[_Await] = deque([_Await.GREETING])
         self._events: deque[ClientEvent] = deque()
         self.state = ClientState.CONNECTING
@@ -341,10 +341,11 @@ class ClientConnection:
 
     def data_to_send(self) -> bytes:
         """Bytes to write now (possibly b"")."""
-        if not self._out:
+        out = self._out
+        if not out:
             return b""
-        data = bytes(self._out)
-        self._out.clear()
+        data = out[0] if len(out) == 1 else b"".join(out)  # one piece: no copy at all
+        out.clear()
         self._end_in_last = self._end_queued
         if self._end_queued:
             self._end_queued = False
@@ -542,7 +543,8 @@ class ClientConnection:
         except LocalProtocolError as exc:
             return self._refuse_body(str(exc))
         if self._bdat is None:
-            self._out += encoded
+            if encoded:
+                self._out.append(encoded)
         else:
             self._bdat += encoded
 
@@ -557,7 +559,8 @@ class ClientConnection:
             return self._refuse_body(str(exc))
         self._body_ended = True
         if self._bdat is None:
-            self._out += tail
+            if tail:
+                self._out.append(tail)
             self._body_open = False
             self._end_queued = True
             self._awaiting.append(_Await.FINAL)
@@ -574,7 +577,7 @@ class ClientConnection:
     # ---- commands ------------------------------------------------------------------
 
     def _command(self, line: str, awaiting: _Await) -> None:
-        self._out += (line + "\r\n").encode("utf-8")
+        self._out.append((line + "\r\n").encode("utf-8"))
         self._awaiting.append(awaiting)
         self._note("C", line)
 
@@ -615,9 +618,9 @@ class ClientConnection:
         del bdat[:size]
         head = f"{self._held}BDAT {len(chunk)}{' LAST' if last else ''}\r\n"
         self._held = ""
-        self._out += head.encode("utf-8")
+        self._out.append(head.encode("utf-8"))
         self._note("C", head)
-        self._out += chunk
+        self._out.append(chunk)
         if last:
             self._body_open = False
             self._end_queued = True
@@ -782,7 +785,7 @@ class ClientConnection:
 
     def _close(self, reason: str, reply: Reply | None = None, *, quit: bool = False) -> None:
         if quit:
-            self._out += b"QUIT\r\n"
+            self._out.append(b"QUIT\r\n")
             self._note("C", "QUIT")
         self.state = ClientState.CLOSED
         self._awaiting.clear()

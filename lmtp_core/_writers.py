@@ -14,8 +14,8 @@ def write_reply(reply: Reply) -> bytes:
     text, enhanced = reply.text, reply.enhanced
     if "\n" not in text:  # one line, nearly every reply: no per-line formatting
         if enhanced:
-            return f"{reply.code} {enhanced} {text}\r\n".encode("utf-8")
-        return f"{reply.code} {text}\r\n".encode("utf-8")
+            return f"{reply.code} {enhanced} {text}\r\n".encode()
+        return f"{reply.code} {text}\r\n".encode()
     head = f"{reply.code}"
     enhanced = f"{enhanced} " if enhanced else ""
     lines = reply.lines
