@@ -163,10 +163,13 @@ class SocketBackend:
             raise
         return SocketStream(sock)
 
-    def lock(self) -> threading.Lock:
-        return threading.Lock()
+    def lock(self) -> threading.RLock:
+        # Re-entrant: Ctrl-C can land just after the lock was taken and before the try
+        # that releases it (Python runs signal handlers when a call returns); then
+        # close(), in the same thread on the way out, must not wait for it forever.
+        return threading.RLock()
 
-    def acquire(self, lock: threading.Lock | threading.Semaphore, timeout: float | None) -> None:
+    def acquire(self, lock: threading.RLock | threading.Semaphore, timeout: float | None) -> None:
         if not (lock.acquire() if timeout is None else lock.acquire(timeout=timeout)):
             raise TimeoutError("timed out")
 
