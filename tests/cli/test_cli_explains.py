@@ -100,13 +100,36 @@ def _read_until(fd: int, marker: bytes, seconds: float = 20) -> bytes:
     return seen
 
 
+# Runs a command with SIGINT delivered and acted on, as in a terminal's foreground job.
+# A process inherits its parent's ignored signals and its blocked-signal mask; a test
+# runner started in some ways has SIGINT ignored or blocked, and `lmtp send` would then
+# never see the Ctrl-C this test sends (Python installs no KeyboardInterrupt for an
+# ignored SIGINT).
+_WITH_SIGINT = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); "
+    "os.execvp(sys.argv[1], sys.argv[1:])",
+]
+
+
+def _signal_state(pid: int) -> str:
+    """The process's blocked and ignored signals, for a failure message."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return "no /proc status"
+    return " ".join(line for line in lines if line.startswith(("SigBlk", "SigIgn", "State")))
+
+
 def _send_from_a_terminal(socket_path: str) -> tuple[int, subprocess.Popen[bytes]]:
     """`lmtp send` reading its message from a pseudo-terminal: (the terminal's master
     side, which the test types into, and the process)."""
     master, slave = pty.openpty()
     proc = subprocess.Popen(
-        [*LMTP, "send", "--from", "a@example.org", "--to", "b@example.org", "--socket",
-         socket_path],
+        [*_WITH_SIGINT, *LMTP, "send", "--from", "a@example.org", "--to", "b@example.org",
+         "--socket", socket_path],
         stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     os.close(slave)
@@ -176,7 +199,13 @@ def test_ctrl_c_prints_one_line_not_a_traceback(lmtp_server: LMTPTestServer) -> 
         assert proc.stderr is not None
         assert b"standard input" in _read_until(proc.stderr.fileno(), b"\n")
         proc.send_signal(signal.SIGINT)  # waiting for the message, as a user would stop it
-        _, err = proc.communicate(timeout=30)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            state = _signal_state(proc.pid)
+            proc.kill()
+            proc.communicate()
+            pytest.fail(f"lmtp send did not stop on SIGINT within 30 s ({state})")
     finally:
         os.close(master)
     assert proc.returncode == 130

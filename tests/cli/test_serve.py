@@ -240,7 +240,7 @@ def test_workers_share_the_socket_and_are_replaced_and_stopped(tmp_path: Path) -
 def test_storing_a_large_message_holds_up_no_other_connection(runtime: str, tmp_path: Path) -> None:
     path = str(tmp_path / "s")
     recipients = b"".join(b"RCPT TO:<r%d@example.org>\r\n" % n for n in range(60))
-    body = b"Subject: big\r\n\r\n" + (b"x" * 78 + b"\r\n") * 50_000  # 4 MB, 60 copies
+    body = b"Subject: big\r\n\r\n" + (b"x" * 78 + b"\r\n") * 100_000  # 8 MB, 60 copies
     probes: list[tuple[float, float]] = []  # (when, how long the greeting and NOOP took)
     done = threading.Event()
 
