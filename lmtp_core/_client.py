@@ -559,8 +559,7 @@ class ClientConnection:
             return self._refuse_body(str(exc))
         self._body_ended = True
         if self._bdat is None:
-            if tail:
-                self._out.append(tail)
+            self._out.append(tail)  # never empty for DATA: at least ".\r\n"
             self._body_open = False
             self._end_queued = True
             self._awaiting.append(_Await.FINAL)

@@ -71,7 +71,7 @@ class Reply:
         """A Reply from what the reader already checked: the grammar that parsed it
         is at least as strict as __post_init__, which is skipped (h11 builds its events
         from parsed input the same way). Not for outside use."""
-        if _COMPILED:
+        if _COMPILED:  # pragma: no cover  (runs in nox -s compiled, not measured)
             # A class compiled by mypyc cannot be made by object.__new__; there the
             # checks of __post_init__ run as native code and cost little.
             return cls(code, enhanced, text)

@@ -407,6 +407,19 @@ def test_mail_address_length_limits() -> None:
     assert run.events[1:] == [MailFrom(ok)]
 
 
+def test_the_memo_of_good_addresses_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lmtp_core._server as server_module
+
+    memo: set[str] = set()
+    monkeypatch.setattr(server_module, "_VALID", memo)
+    monkeypatch.setattr(server_module, "_VALID_MAX", 2)
+    addresses = [f"user{i}@example.org" for i in range(5)]
+    run = check(LHLO + mail() + rcpt(*addresses) + rcpt(*addresses))
+    assert replies(run.output)[1:] == ["250 2.1.0"] + ["250 2.1.5"] * 10
+    assert len(memo) <= 2  # emptied when full, never larger
+    assert run.events[2:] == [RcptTo(a) for a in addresses * 2]
+
+
 def test_null_sender() -> None:
     run = check(LHLO + b"MAIL FROM:<>\r\n" + rcpt(A))
     assert run.events[1:] == [MailFrom(""), RcptTo(A)]
