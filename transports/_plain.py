@@ -16,11 +16,12 @@ import select
 import socket
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ._net import Poller, peer_name
+from ._net import UNIX_RETRY, Poller, peer_name, unix_connect
 
-__all__ = ["FAST_TURNS", "PlainStream"]
+__all__ = ["FAST_TURNS", "PlainStream", "unix_socket"]
 
 #: Sends and receives in a row that may complete without going through the runtime.
 FAST_TURNS = 16
@@ -118,3 +119,13 @@ class PlainStream:
     async def aclose(self, forceful: bool = False) -> None:
         with contextlib.suppress(OSError):
             self._sock.close()
+
+
+async def unix_socket(path: str, sleep: Callable[[float], Awaitable[object]]) -> socket.socket:
+    """Connected, waiting with the runtime's `sleep` (within the caller's deadline)
+    while the listen queue is full."""
+    pause, most = UNIX_RETRY
+    while (sock := unix_connect(path)) is None:
+        await sleep(pause)
+        pause = min(pause * 2, most)
+    return sock

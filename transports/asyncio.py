@@ -41,8 +41,8 @@ from ._async_server import serve_connection
 from ._config import ClientConfig, ClientSettings, ServerConfig, ServerSettings, settings_error
 from ._listen import Gate, Listening
 from ._message import Message
-from ._net import UNIX_RETRY, Poller, peer_name, unix_connect
-from ._plain import PlainStream
+from ._net import Poller, peer_name
+from ._plain import PlainStream, unix_socket
 from ._session import Call, Handler, awaitable
 
 __all__ = ["Client", "Pool", "Server", "deliver", "serve"]
@@ -180,15 +180,6 @@ def _expire(waiter: asyncio.Future[None]) -> None:
         waiter.set_exception(TimeoutError("timed out"))
 
 
-async def _unix_socket(path: str) -> socket.socket:
-    """Connected, waiting (within the caller's timeout) while the listen queue is full."""
-    pause, most = UNIX_RETRY
-    while (sock := unix_connect(path)) is None:
-        await asyncio.sleep(pause)
-        pause = min(pause * 2, most)
-    return sock
-
-
 async def _tcp_socket(host: str, port: int) -> socket.socket:
     """A socket connected to the first address of `host` that answers. Address by
     address, as trio does, so that a refusal on every address reads like one refusal
@@ -219,7 +210,7 @@ class AsyncioBackend:
         tls = config.ssl_context if config.implicit_tls else None
         async with asyncio.timeout(timeout):
             if config.socket_path is not None:
-                sock = await _unix_socket(config.socket_path)
+                sock = await unix_socket(config.socket_path, asyncio.sleep)
             else:
                 sock = await _tcp_socket(config.host, config.port)
             if tls is None:

@@ -40,8 +40,8 @@ from ._async_server import serve_connection
 from ._config import ClientConfig, ClientSettings, ServerConfig, ServerSettings, settings_error
 from ._listen import Gate, Listening
 from ._message import Message
-from ._net import UNIX_RETRY, Poller, peer_name, unix_connect
-from ._plain import PlainStream
+from ._net import Poller, peer_name
+from ._plain import PlainStream, unix_socket
 from ._session import Call, Handler, awaitable
 
 __all__ = ["Client", "Pool", "Server", "deliver", "serve"]
@@ -133,16 +133,15 @@ class SocketStream(PlainStream):
         await trio.lowlevel.checkpoint()
 
     async def readable(self, timeout: float) -> None:
-        try:
-            with trio.fail_after(timeout):
-                await trio.lowlevel.wait_readable(self._sock)
-        except trio.TooSlowError as exc:
-            raise _os_error(exc) from exc
+        await self._ready(trio.lowlevel.wait_readable, timeout)
 
     async def writable(self, timeout: float) -> None:
+        await self._ready(trio.lowlevel.wait_writable, timeout)
+
+    async def _ready(self, wait: Callable[[Any], Awaitable[None]], timeout: float) -> None:
         try:
             with trio.fail_after(timeout):
-                await trio.lowlevel.wait_writable(self._sock)
+                await wait(self._sock)
         except trio.TooSlowError as exc:
             raise _os_error(exc) from exc
 
@@ -155,15 +154,6 @@ class SocketStream(PlainStream):
     ) -> TrioStream:
         plain = TrioStream(trio.SocketStream(trio.socket.from_stdlib_socket(self._sock)))
         return await plain.start_tls(context, server_hostname, timeout, server_side)
-
-
-async def _unix_socket(path: str) -> socket.socket:
-    """Connected, waiting (within the caller's deadline) while the listen queue is full."""
-    pause, most = UNIX_RETRY
-    while (sock := unix_connect(path)) is None:
-        await trio.sleep(pause)
-        pause = min(pause * 2, most)
-    return sock
 
 
 async def _tcp_socket(host: str, port: int) -> socket.socket:
@@ -179,7 +169,7 @@ class TrioBackend:
         try:
             with trio.fail_after(timeout):
                 if config.socket_path is not None:
-                    sock = await _unix_socket(config.socket_path)
+                    sock = await unix_socket(config.socket_path, trio.sleep)
                 else:
                     sock = await _tcp_socket(config.host, config.port)
                 if not config.implicit_tls:
