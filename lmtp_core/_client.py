@@ -75,7 +75,7 @@ class Phase(enum.Enum):
     COMMAND = "command"  # RSET, QUIT
 
 
-class _Await(enum.Enum):
+class _Await(enum.IntEnum):  # an int's hash: _PLAIN and _PHASE look these up per reply
     GREETING = enum.auto()
     LHLO = enum.auto()
     STARTTLS = enum.auto()

@@ -6,8 +6,9 @@ event loop only when it would block, a yield every FAST_TURNS calls in a row), w
 waits on a future woken by a reader or writer callback and a timer. STARTTLS and implicit
 TLS (and every server session) use StreamPair, which moves bytes over an asyncio
 StreamReader/StreamWriter with asyncio.timeout() around each wait. AsyncioBackend
-connects and makes locks; the delivery flow and the per-connection server loop are
-the shared async ones (_async_client.py, _async_server.py). StreamPair's writes wait
+connects and makes locks (_slots.Slots: a timed wait without a timer of its own); the
+delivery flow and the per-connection server loop are the shared async ones
+(_async_client.py, _async_server.py). StreamPair's writes wait
 until the transport's buffer is empty (write buffer limit 0); after a failed write only
 bytes still in that buffer are known not to have left (drain() also fails when the peer
 went away after taking everything), so a failure with an empty buffer is reported as
@@ -44,6 +45,7 @@ from ._message import Message
 from ._net import Poller, peer_name
 from ._plain import PlainStream, unix_socket
 from ._session import Call, Handler, awaitable
+from ._slots import Slots
 
 __all__ = ["Client", "Pool", "Server", "deliver", "serve"]
 
@@ -225,11 +227,11 @@ class AsyncioBackend:
                 raise
         return StreamPair(reader, writer)
 
-    def lock(self) -> asyncio.Lock:
-        return asyncio.Lock()
+    def lock(self) -> Slots:
+        return Slots(1)
 
-    def semaphore(self, value: int) -> asyncio.Semaphore:
-        return asyncio.Semaphore(value)
+    def semaphore(self, value: int) -> Slots:
+        return Slots(value)
 
     def mutex(self) -> contextlib.nullcontext[None]:
         return contextlib.nullcontext()  # one event loop: no two tasks touch it at once
@@ -247,14 +249,8 @@ class AsyncioBackend:
 
         return asyncio.get_running_loop().create_task(run())
 
-    async def acquire(self, lock: asyncio.Lock | asyncio.Semaphore, timeout: float | None) -> None:
-        # No timer to arm without a deadline, nor for a semaphore with a slot free now
-        # (Semaphore.locked() counts its waiters too, so acquire() will not wait).
-        if timeout is None or (isinstance(lock, asyncio.Semaphore) and not lock.locked()):
-            await lock.acquire()
-            return
-        async with asyncio.timeout(timeout):
-            await lock.acquire()
+    async def acquire(self, lock: Slots, timeout: float | None) -> None:
+        await lock.acquire(timeout)
 
 
 class Client(AsyncClient):

@@ -217,7 +217,14 @@ class TrioBackend:
         return scope
 
     async def acquire(self, lock: trio.Lock | trio.Semaphore, timeout: float | None) -> None:
-        if timeout is None:  # no cancel scope to make: the common case
+        # No cancel scope to make for a free slot (trio hands a released one to the
+        # first waiter, so taking it here never jumps the queue) or without a limit.
+        try:
+            lock.acquire_nowait()
+            return
+        except trio.WouldBlock:
+            pass
+        if timeout is None:
             await lock.acquire()
             return
         try:
