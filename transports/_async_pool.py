@@ -11,6 +11,10 @@ if the core says it is reusable (a failure, an UNKNOWN outcome, a 421 or a timeo
 close it) and it is young enough; otherwise it is closed. A reaper run by the runtime
 every idle_timeout / 2 QUITs connections idle for too long. Closing the pool waits
 for the deliveries in flight (it takes every slot), then QUITs the idle connections.
+A slot can be taken by no delivery: in the blocking runtime a Ctrl-C (Python runs
+signal handlers as a call returns) can land just after a slot was taken and before
+the code that counts it; so close() takes the slots _CLOSE_POLL seconds at a time and
+stops waiting once no connection is busy (being opened, used or closed).
 
 The bookkeeping (idle list, busy count) is guarded by the backend's mutex: a real
 lock in the blocking twin, where deliveries run in threads, and no lock at all in the
@@ -35,6 +39,9 @@ from ._message import Message, prepare_async
 __all__ = ["AsyncPool"]
 
 log = logging.getLogger("transports")
+
+#: How long close() waits for a slot before it checks whether any delivery holds one.
+_CLOSE_POLL = 0.05
 
 
 class AsyncPool:
@@ -96,16 +103,22 @@ class AsyncPool:
         self._closed = True
         if self._reaper is not None:
             self._reaper.cancel()
-        slots = self.pool_config.max_connections
-        for _ in range(slots):
-            await self._backend.acquire(self._slots, None)
+        taken = 0
+        while taken < self.pool_config.max_connections:
+            try:
+                await self._backend.acquire(self._slots, _CLOSE_POLL)
+            except TimeoutError:
+                if self._busy == 0:  # slots taken by no delivery: see the module comment
+                    break
+                continue
+            taken += 1
         try:
             with self._mutex:
                 idle, self._idle = self._idle, []
             for connection, _ in idle:
                 await connection.aclose()
         finally:
-            for _ in range(slots):
+            for _ in range(taken):
                 self._slots.release()
 
     # ---- checkout and checkin -----------------------------------------------------
@@ -140,9 +153,11 @@ class AsyncPool:
                     log.info(
                         "[%s] the server spoke or hung up while idle: not reused", connection.id
                     )
-                with self._mutex:
-                    self._busy -= 1
-                await connection.aclose(quit=clean)
+                try:
+                    await connection.aclose(quit=clean)
+                finally:
+                    with self._mutex:
+                        self._busy -= 1
             connection = AsyncConnection(self.config, self._backend)
             try:
                 await connection.open(deadline)
@@ -161,12 +176,16 @@ class AsyncPool:
             # Reusable now; whether it stays silent while idle is checked at checkout.
             keep = not self._closed and connection.reusable
             keep = keep and now - connection.opened < self.pool_config.max_lifetime
-            with self._mutex:
-                self._busy -= 1
-                if keep:
-                    self._idle.append((connection, now))
             if not keep:
-                await connection.aclose(quit=connection.is_open and not self._closed)
+                try:
+                    await connection.aclose(quit=connection.is_open and not self._closed)
+                finally:
+                    with self._mutex:
+                        self._busy -= 1
+            else:
+                with self._mutex:
+                    self._busy -= 1
+                    self._idle.append((connection, now))
         finally:
             self._slots.release()
 
