@@ -20,26 +20,29 @@ class LineTooLong(enum.Enum):
 
 
 class ReceiveBuffer:
-    __slots__ = ("_data", "_searched", "_discarding")
+    """``data``: the bytes received and not taken yet. Read it (its length, whether it
+    is empty: cheaper than a method call), never replace or change it."""
+
+    __slots__ = ("data", "_searched", "_discarding")
 
     def __init__(self) -> None:
-        self._data = bytearray()
+        self.data = bytearray()
         self._searched = 0
         self._discarding = False
 
     def __len__(self) -> int:
-        return len(self._data)
+        return len(self.data)
 
     def __bool__(self) -> bool:
-        return bool(self._data)
+        return bool(self.data)
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        self._data += data
+        self.data += data
 
     def take_line(self, limit: int) -> bytes | LineTooLong | None:
         """The next line without its CRLF, None if it is not complete yet, or
         LineTooLong if it has ``limit`` octets (CRLF included) and goes on."""
-        data = self._data
+        data = self.data
         if self._discarding:
             self._discard_to_crlf()
             if self._discarding:
@@ -62,7 +65,7 @@ class ReceiveBuffer:
         self._discard_to_crlf()
 
     def _discard_to_crlf(self) -> None:
-        data = self._data
+        data = self.data
         end = data.find(b"\r\n")
         if end >= 0:
             del data[: end + 2]
@@ -73,32 +76,32 @@ class ReceiveBuffer:
         self._searched = 0
 
     def drop(self, size: int) -> None:
-        del self._data[:size]
+        del self.data[:size]
         self._searched = 0
 
     def peek(self) -> bytes:
-        return bytes(self._data)
+        return bytes(self.data)
 
     def take(self, size: int) -> bytes:
         """Up to ``size`` bytes from the front."""
-        chunk = bytes(self._data[:size])
-        del self._data[:size]
+        chunk = bytes(self.data[:size])
+        del self.data[:size]
         self._searched = 0
         return chunk
 
     def take_all(self) -> bytes:
-        chunk = bytes(self._data)
-        self._data.clear()
+        chunk = bytes(self.data)
+        self.data.clear()
         self._searched = 0
         return chunk
 
     def find(self, needle: bytes, start: int = 0) -> int:
-        return self._data.find(needle, start)
+        return self.data.find(needle, start)
 
     def startswith(self, prefix: bytes) -> bool:
-        return self._data.startswith(prefix)
+        return self.data.startswith(prefix)
 
     def clear(self) -> None:
-        self._data.clear()
+        self.data.clear()
         self._searched = 0
         self._discarding = False

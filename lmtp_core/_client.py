@@ -4,11 +4,21 @@ How it works. The connection keeps a queue of what each expected reply answers
 (_Await: LHLO, MAIL, RCPT i, DATA, one BDAT chunk, one final reply per accepted
 recipient, ...), in the order the commands were written. next_event() pops replies off
 the receive buffer and applies each to the head of that queue, so pairing is purely
-positional however the replies were split across reads. With PIPELINING, MAIL, every
-RCPT and DATA (or the first BDAT chunk) go out as one write; without it, one command
-waits for the previous reply. The body is asked for with Signal.NEED_BODY only after
-354 (DATA), or at once for the first BDAT chunk; later BDAT chunks each wait for the
-previous chunk's reply, so a refused transaction costs at most one chunk.
+positional however the replies were split across reads. A reply can only answer
+something already written, so the client also notes, with every receive_data(), how
+many replies were due when those bytes arrived (one per command data_to_send() has
+handed out; any number once the end of data is out). In a transaction, bytes left in
+the buffer after the last reply due at their arrival answer nothing sent yet: paired
+with the next command or the body they would shift every outcome by one (a false
+DELIVERED), so the client closes (RemoteProtocolError) before writing what they would
+seem to answer. A 421 is exempt, as the server may say it is closing at any time; a
+driver must write data_to_send() before it reads, as next_event() says.
+
+With PIPELINING, MAIL, every RCPT and DATA (or the first BDAT chunk) go out as one
+write; without it, one command waits for the previous reply. The body is asked for
+with Signal.NEED_BODY only after 354 (DATA), or at once for the first BDAT chunk; later
+BDAT chunks each wait for the previous chunk's reply, so a refused transaction costs
+at most one chunk.
 
 When the reader raises RemoteProtocolError, or the driver reports end of file, an
 abort or a failed write, the transaction in progress is settled by Transaction.lost()
@@ -88,6 +98,9 @@ class _Await(enum.IntEnum):  # an int's hash: _PLAIN and _PHASE look these up pe
     RSET = enum.auto()
     QUIT = enum.auto()
 
+
+# Replies due once the end of data is out: one per accepted recipient, not known yet.
+_ANY = 1 << 62
 
 # Replies that need no more than _on_transaction_reply() unless they are 3xx or 421.
 _PLAIN = frozenset({_Await.MAIL, _Await.RCPT, _Await.BDAT, _Await.BDAT_LAST, _Await.FINAL})
@@ -290,6 +303,12 @@ class ClientConnection:
         self._end_in_last = False  # ... was in the last data_to_send() result
         self.replies_received = 0
         self._trace: list[tuple[str, str]] | None = [] if trace else None
+        # Replies ahead of their command (see the module comment): how many replies are
+        # due (the greeting from the start), and per stretch of received bytes, its end
+        # in the stream and how many replies were due when it arrived.
+        self._due = 1
+        self._received = 0  # octets received so far
+        self._arrivals: deque[tuple[int, int]] = deque()
 
     # ---- driver side ---------------------------------------------------------------
 
@@ -299,7 +318,16 @@ class ClientConnection:
             return
         if self.state is ClientState.TLS_HANDSHAKE:
             raise LocalProtocolError("receive_data() during the TLS handshake")
+        rx, arrivals, due = self._buffer.data, self._arrivals, self._due
+        before = len(rx)
+        if not before:
+            arrivals.clear()  # all taken: only the stretches still in the buffer matter
         self._buffer.feed(data)
+        self._received = end = self._received + len(rx) - before
+        if arrivals and arrivals[-1][1] == due:  # the same replies due: one stretch
+            arrivals[-1] = (end, due)
+        else:
+            arrivals.append((end, due))
 
     def receive_eof(self) -> None:
         """The server closed the connection: settle what is pending."""
@@ -347,6 +375,15 @@ class ClientConnection:
         data = out[0] if len(out) == 1 else b"".join(out)  # one piece: no copy at all
         out.clear()
         self._end_in_last = self._end_queued
+        # Every reply queued is now due, but those to an envelope held back for the first
+        # BDAT chunk; after the end of data, one per accepted recipient: any number
+        # (until the transaction ends, where the surplus is caught).
+        txn = self._txn
+        if self._end_queued or (txn is not None and txn.end_sent):
+            self._due = _ANY
+        else:
+            held = 1 + len(txn.sent) if self._held and txn is not None else 0
+            self._due = self.replies_received + len(self._awaiting) - held
         if self._end_queued:
             self._end_queued = False
             assert self._txn is not None  # settling a transaction withdraws its end
@@ -404,6 +441,9 @@ class ClientConnection:
             if reply is None:
                 return Signal.NEED_DATA
             self._on_reply(reply)
+            if self._buffer.data and self.state is ClientState.TRANSACTION and self._ahead():
+                self._out.clear()  # what they would seem to answer must not go out
+                self._unsolicited()
         return self._events.popleft()
 
     # ---- application side ----------------------------------------------------------
@@ -705,6 +745,14 @@ class ClientConnection:
         if self._buffer:
             self._unsolicited()
 
+    def _ahead(self) -> bool:
+        """The buffer's next bytes arrived when every reply due was already in (a 421
+        aside): they answer nothing written yet."""
+        arrivals, consumed = self._arrivals, self._received - len(self._buffer.data)
+        while arrivals[0][0] <= consumed:
+            arrivals.popleft()
+        return arrivals[0][1] <= self.replies_received and not self._buffer.startswith(b"421")
+
     def _unsolicited(self) -> None:
         error = RemoteProtocolError("reply from the server that answers no command")
         self._lose(str(error), error=error)
@@ -759,6 +807,7 @@ class ClientConnection:
 
     def _finish_transaction(self) -> None:
         assert not self._awaiting, "a transaction ends only when every reply is in"
+        self._due = self.replies_received
         self._body_open = False
         self._bdat = None
         self._held = ""

@@ -78,7 +78,7 @@ class CountingBytearray(bytearray):
 def counting_buffer() -> tuple[ReceiveBuffer, CountingBytearray]:
     buffer = ReceiveBuffer()
     data = CountingBytearray()
-    buffer._data = data
+    buffer.data = data
     return buffer, data
 
 

@@ -306,11 +306,10 @@ def check_outcome(
     if outcome.status is Status.DELIVERED:
         assert reply.code == code(own), (outcome, own, codes)
         assert all(code(p) < 300 or code(p) == 354 for p in range(data, finals)), codes
-        # Its reply answers the end of data, so none of it should have come before the
-        # end went out. Not asserted while that is a known core limitation (known_bugs.py:
-        # "crash-reply-ahead-of-the-body", pinned by strict xfails in test_client.py): a
-        # reply that arrives ahead of the body is paired with it, and the fuzzer finds a
-        # new variant of that within seconds, which would hide any other finding.
+        # Its reply answers the end of data, so none of it came before the end went out
+        # (the core closes on a reply ahead of what it would answer).
+        start = found[own - 1][1]  # where the reply before it ends
+        assert start >= session.fed_at_end, (outcome, start, session.fed_at_end)
 
 
 def check(session: Session, stream: bytes, chunks: list[bytes]) -> None:
@@ -336,9 +335,14 @@ def check(session: Session, stream: bytes, chunks: list[bytes]) -> None:
         return
     # Surplus: the transaction ended normally (READY with its result, or closed at once
     # for the reply that answers nothing) with more bytes in the read of its last reply.
+    # A transaction with an outcome after the data ends normally only once the end of
+    # data or the RSET went out: closed for a reply that answers nothing before that,
+    # it was cut short by a reply ahead of what it would answer.
     after = events[events.index(results[0]) + 1]
     normal = session.ready_at_result or (
-        isinstance(after, ConnectionClosed) and after.reason == UNSOLICITED
+        isinstance(after, ConnectionClosed)
+        and after.reason == UNSOLICITED
+        and (session.end_sent or b"RSET\r\n" in session.sent)
     )
     last = session.received_at_result
     end = found[last - 1][1]

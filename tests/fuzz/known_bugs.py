@@ -9,11 +9,9 @@ else). When the core is fixed, delete the entry: the file becomes an ordinary se
 from __future__ import annotations
 
 KNOWN_BUGS: dict[str, str] = {}
-# Not a fuzzing failure any more: "crash-reply-ahead-of-the-body" (a reply received
-# with the 354, before the body went out, is paired as a reply after the data). The
-# client-session target no longer asserts what it breaks, since the fuzzer found a new
-# variant every few seconds; the core limitation stays pinned by strict xfails in
-# tests/core/test_client.py (test_a_reply_ahead_of_what_it_would_answer_closes_before_
-# writing_it), and the file is an ordinary seed.
+# Fixed: "crash-reply-ahead-of-the-body" (a reply received with the 354, before the
+# body went out, was paired as a reply after the data); the core now closes on a reply
+# ahead of what it would answer, the client-session target asserts it again, and the
+# file is an ordinary seed.
 # Fixed: "crash-nonascii-parameter-in-reply" (a non-ASCII parameter echoed into a 501's
 # text made Reply() raise out of next_event()); the file is now an ordinary seed.
