@@ -100,7 +100,11 @@ class _Await(enum.IntEnum):  # an int's hash: _PLAIN and _PHASE look these up pe
 
 
 # Replies due once the end of data is out: one per accepted recipient, not known yet.
-_ANY = 1 << 62
+# (Below 2**62, so that a compiled build keeps it an unboxed int.)
+_ANY = 1 << 60
+
+# What is awaited once the end of data is out (the last thing awaited until then).
+_AFTER_DATA = frozenset({_Await.FINAL, _Await.BDAT_LAST})
 
 # Replies that need no more than _on_transaction_reply() unless they are 3xx or 421.
 _PLAIN = frozenset({_Await.MAIL, _Await.RCPT, _Await.BDAT, _Await.BDAT_LAST, _Await.FINAL})
@@ -376,14 +380,14 @@ class ClientConnection:
         out.clear()
         self._end_in_last = self._end_queued
         # Every reply queued is now due, but those to an envelope held back for the first
-        # BDAT chunk; after the end of data, one per accepted recipient: any number
-        # (until the transaction ends, where the surplus is caught).
-        txn = self._txn
-        if self._end_queued or (txn is not None and txn.end_sent):
+        # BDAT chunk; while the replies after the data are awaited, one per accepted
+        # recipient: any number (until the transaction ends, where the surplus is caught).
+        awaiting, txn = self._awaiting, self._txn
+        if awaiting and awaiting[-1] in _AFTER_DATA:  # the end of data is out
             self._due = _ANY
         else:
             held = 1 + len(txn.sent) if self._held and txn is not None else 0
-            self._due = self.replies_received + len(self._awaiting) - held
+            self._due = self.replies_received + len(awaiting) - held
         if self._end_queued:
             self._end_queued = False
             assert self._txn is not None  # settling a transaction withdraws its end
@@ -441,7 +445,12 @@ class ClientConnection:
             if reply is None:
                 return Signal.NEED_DATA
             self._on_reply(reply)
-            if self._buffer.data and self.state is ClientState.TRANSACTION and self._ahead():
+            if (
+                self._due != _ANY
+                and self._buffer.data
+                and self.state is ClientState.TRANSACTION
+                and self._ahead()
+            ):
                 self._out.clear()  # what they would seem to answer must not go out
                 self._unsolicited()
         return self._events.popleft()
@@ -751,7 +760,11 @@ class ClientConnection:
         arrivals, consumed = self._arrivals, self._received - len(self._buffer.data)
         while arrivals[0][0] <= consumed:
             arrivals.popleft()
-        return arrivals[0][1] <= self.replies_received and not self._buffer.startswith(b"421")
+        if arrivals[0][1] > self.replies_received:
+            return False
+        # A 421, or what may yet become one ("4", "42"): never a delivery, and the server
+        # may say it is closing at any time.
+        return not b"421".startswith(bytes(self._buffer.data[:3]))
 
     def _unsolicited(self) -> None:
         error = RemoteProtocolError("reply from the server that answers no command")
@@ -807,7 +820,15 @@ class ClientConnection:
 
     def _finish_transaction(self) -> None:
         assert not self._awaiting, "a transaction ends only when every reply is in"
-        self._due = self.replies_received
+        # Every reply due is in: whatever else was received came before anything more
+        # (an RSET) was written, whatever its stretch was stamped with.
+        if self._due == _ANY:
+            received = self._due = self.replies_received
+            arrivals = self._arrivals
+            for index, (end, due) in enumerate(arrivals):
+                arrivals[index] = (end, min(due, received))
+        else:
+            self._due = self.replies_received
         self._body_open = False
         self._bdat = None
         self._held = ""

@@ -828,7 +828,7 @@ def test_no_recipient_accepted_without_pipelining_sends_only_rset() -> None:
 
 
 def test_no_recipient_accepted_pipelined_bdat() -> None:
-    stream = [hello("PIPELINING", "CHUNKING"), r(250) + r(550) + r(503) + r(250)]
+    stream = [hello("PIPELINING", "CHUNKING"), r(250) + r(550) + r(503), r(250)]  # then RSET
     run = run_splits(stream, Txn([A]))
     assert outcomes(run.result) == [(PRM, 550, RC)]
     assert run.written == LHLO + MAIL + rcpt(A) + bdat(BODY) + RSET
@@ -2406,6 +2406,40 @@ def test_a_reply_ahead_of_what_it_would_answer_closes_before_writing_it(
     assert isinstance(closed, ConnectionClosed), closed
     assert isinstance(closed.error, RemoteProtocolError)
     assert not_written not in run.written + run.conn.data_to_send()
+
+
+def test_a_reply_ahead_of_the_rset_after_a_refused_bdat_last_closes() -> None:
+    # Nobody accepted, the LAST chunk refused: one reply was due after the data, and a
+    # 250 in the same read answers nothing yet. Taken for the RSET's (still unwritten)
+    # reply, it would shift the next transaction by one; the client closes instead.
+    stream = [hello("PIPELINING", "CHUNKING"), r(250) + r(550) + r(503) + r(250, "ahead")]
+    run = drive(stream, Txn([A]), Txn([B]), end="stop")
+    assert outcomes(run.results[0]) == [(PRM, 550, RC)]
+    closed = closed_after(run)
+    assert isinstance(closed, ConnectionClosed) and closed.reason == UNSOLICITED
+    assert RSET not in run.written + run.conn.data_to_send()
+
+
+@pytest.mark.parametrize("cut", [1, 2])
+def test_a_421_cut_short_by_a_read_is_not_taken_for_a_reply_ahead(cut: int) -> None:
+    # Without PIPELINING: MAIL's 250, then "4" or "42" in the same read, the rest of
+    # the 421 later. What may yet be a 421 is left to be read whole.
+    bye = r(421, "bye")
+    run = drive([hello(), r(250) + bye[:cut], bye[cut:]], Txn([A]), end="stop")
+    assert outcomes(run.result) == [(TMP, 421, RC)]
+    assert run.closed.reply == Reply(421, None, "bye")
+
+
+def test_a_split_reply_left_to_be_read_whole_is_judged_by_where_it_ends() -> None:
+    # Without PIPELINING: MAIL's 250 and a "4" in one read (what may yet be a 421 is
+    # left to be read whole, so RCPT a goes out), then "50 later" and a 250 in the next:
+    # the 450 ended after RCPT a was written, so it is a's; the 250 answers nothing yet.
+    stream = [hello(), r(250) + b"4", b"50 later\r\n" + r(250, "ahead")]
+    run = drive(stream, Txn([A, B]), end="stop")
+    assert outcomes(run.result) == [(TMP, 450, RC), _TR]
+    closed = closed_after(run)
+    assert isinstance(closed, ConnectionClosed) and closed.reason == UNSOLICITED
+    assert rcpt(B) not in run.written + run.conn.data_to_send()
 
 
 def test_a_421_ahead_of_the_body_is_the_server_closing() -> None:
