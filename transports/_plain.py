@@ -4,9 +4,10 @@ How it works. The socket is non-blocking. Every send and receive is tried at onc
 goes through the runtime only when the call would block: a reply that is already
 there costs one system call and no turn of the event loop. A runtime's subclass
 supplies the three ways to go through it (yield_now, readable, writable) and the TLS
-upgrade. After FAST_TURNS calls in a row that did not wait, the next one yields
-first, so that a peer that is always ready cannot starve the other tasks. The blocking
-driver's SocketStream does the same with poll() and no turns to count.
+upgrade; asyncio's replaces receive_some()'s wait with a reader that stays registered
+and reads for itself. After FAST_TURNS calls in a row that did not wait, the next one
+yields first, so that a peer that is always ready cannot starve the other tasks. The
+blocking driver's SocketStream does the same with poll() and no turns to count.
 """
 
 from __future__ import annotations
