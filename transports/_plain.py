@@ -1,13 +1,14 @@
 """A client's plain (not TLS) connection, tried first: the part asyncio and trio share.
 
 How it works. The socket is non-blocking. Every send and receive is tried at once and
-goes through the runtime only when the call would block: a reply that is already
-there costs one system call and no turn of the event loop. A runtime's subclass
-supplies the three ways to go through it (yield_now, readable, writable) and the TLS
-upgrade; asyncio's replaces receive_some()'s wait with a reader that stays registered
-and reads for itself. After FAST_TURNS calls in a row that did not wait, the next one
-yields first, so that a peer that is always ready cannot starve the other tasks. The
-blocking driver's SocketStream does the same with poll() and no turns to count.
+goes through the runtime only when the call would block: a reply that is already there
+costs one system call and no turn of the event loop. A runtime's subclass supplies the
+three ways to go through it (yield_now, readable, writable) and the TLS upgrade;
+asyncio's replaces receive_waiting() with a reader that stays registered and reads for
+itself, and gives what it read first (read_ahead()). After FAST_TURNS calls in a row
+that did not wait, the next one yields first, so that a peer that is always ready
+cannot starve the other tasks. The blocking driver's SocketStream does the same with
+poll() and no turns to count.
 """
 
 from __future__ import annotations
@@ -99,12 +100,25 @@ class PlainStream:
     async def receive_some(self, timeout: float) -> bytes:
         if self._must_yield(timeout):
             await self.yield_now()
-        sock = self._sock
+        early = self.read_ahead()
+        if early is not None:
+            return early
         try:
-            return sock.recv(65536)
+            return self._sock.recv(65536)
         except BlockingIOError:
             pass
         self._turns = 0
+        return await self.receive_waiting(timeout)
+
+    def read_ahead(self) -> bytes | None:
+        """Bytes the runtime already read from the socket, owed before any new ones
+        (none here; asyncio's reader reads for itself)."""
+        return None
+
+    async def receive_waiting(self, timeout: float) -> bytes:
+        """Wait for bytes (or end of file) and take them: what receive_some() does once
+        a receive tried at once would block."""
+        sock = self._sock
         end = time.monotonic() + timeout
         while True:
             await self.readable(max(0.0, end - time.monotonic()))

@@ -132,7 +132,7 @@ class SocketStream(PlainStream):
     for bytes it registers a reader with the loop that reads for itself, as asyncio's
     own transports do, and keeps it: registering and removing a reader for every wait
     cost about a fifth of the client's CPU per delivery. What the reader read waits in
-    _received until receive_some() takes it. The reader stops (is removed) when bytes
+    _received until read_ahead() gives it out. The reader stops (is removed) when bytes
     come while nobody waits (a level-triggered reader would fire every turn, and the
     bytes are kept for idle_clean() to see), at end of file or an error, and before
     the socket is closed or handed to TLS. Writes that must wait use a writer per wait
@@ -149,22 +149,15 @@ class SocketStream(PlainStream):
     async def yield_now(self) -> None:
         await asyncio.sleep(0)
 
-    async def receive_some(self, timeout: float) -> bytes:
-        if self._must_yield(timeout):
-            await self.yield_now()
+    def read_ahead(self) -> bytes | None:
         if not self._received:
-            try:
-                return self._sock.recv(65536)
-            except BlockingIOError:
-                pass
-            self._turns = 0
-            await self._wait_received(timeout)
+            return None
         received = self._received.pop(0)
         if isinstance(received, OSError):
             raise received
         return received
 
-    async def _wait_received(self, timeout: float) -> None:
+    async def receive_waiting(self, timeout: float) -> bytes:
         loop = self._loop
         waiter = self._waiter = loop.create_future()
         if not self._watching:
@@ -176,6 +169,9 @@ class SocketStream(PlainStream):
         finally:
             timer.cancel()
             self._waiter = None
+        received = self.read_ahead()
+        assert received is not None
+        return received
 
     def _on_readable(self) -> None:
         try:
