@@ -19,14 +19,21 @@ nox.options.error_on_missing_interpreters = True
 PYTHON = "3.11"
 
 
+#: Branch coverage the tests session requires of each package. transports is a ratchet
+#: on its way to 95 % (issue 23): raise it as tests reach more of the drivers.
+COVERAGE = {"lmtp_core": 100, "transports": 85}
+
+
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """Unit, property and driver tests, with branch coverage of lmtp_core.
+    """Unit, property and driver tests, with branch coverage of lmtp_core and transports
+    (the processes the tests start included), each held to its floor in COVERAGE.
 
     Coverage starts before pytest (coverage run), not as a pytest plugin: the package's
     own pytest plugin (the pytest11 entry point) imports lmtp_core while pytest loads
     its plugins, before pytest-cov would start measuring."""
     session.install("-e", ".[test]")
+    session.run("coverage", "erase")
     session.run(
         "coverage",
         "run",
@@ -37,7 +44,9 @@ def tests(session: nox.Session) -> None:
         "--ignore=tests/interop",
         *session.posargs,
     )
-    session.run("coverage", "report", "--fail-under=95")
+    session.run("coverage", "combine", "--quiet")
+    for package, floor in COVERAGE.items():
+        session.run("coverage", "report", f"--include={package}/*", f"--fail-under={floor}")
 
 
 @nox.session(python=PYTHON)

@@ -116,7 +116,12 @@ class AsyncBackend(Protocol):
 
     def every(self, interval: float, function: Any) -> Any:
         """Run `await function()` every `interval` seconds in the background until the
-        returned handle's cancel() is called. Must be called from the runtime."""
+        returned handle's cancel() is called; or None where the runtime runs nothing
+        outside its caller's nursery (trio). Must be called from the runtime."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait `seconds` (a Pool's pause before it tries a refused connection again)."""
         ...
 
 
@@ -159,7 +164,11 @@ class AsyncConnection:
             log.info("[%s] %s", self.id, error)
             raise error from exc
         log.debug("[%s] connected to %s", self.id, cfg.endpoint)
-        event = await self._pump(None, deadline)
+        try:
+            event = await self._pump(None, deadline)
+        except BaseException:  # cancelled or interrupted: nobody else holds the stream yet
+            await self.aclose(quit=False)
+            raise
         if isinstance(event, ConnectionClosed):
             await self.aclose()
             raise session_failed(event, self._failure, cfg.endpoint)
@@ -213,11 +222,16 @@ class AsyncConnection:
         close."""
         if self._stream is None:
             return
-        if quit and self._core.reusable:
-            self._core.quit()
-            await self._pump(None, deadline or Deadline())
-        stream, self._stream = self._stream, None
-        await stream.aclose(forceful=self._failure is not None or not quit)
+        forceful = True  # unless the QUIT below completes
+        try:
+            if quit and self._core.reusable:
+                self._core.quit()
+                await self._pump(None, deadline or Deadline())
+            forceful = self._failure is not None or not quit
+        finally:  # cancelled or interrupted during the QUIT too: closed all the same
+            stream, self._stream = self._stream, None
+            if stream is not None:
+                await stream.aclose(forceful=forceful)
 
     async def _pump(self, body: AsyncBody | None, deadline: Deadline) -> object:
         core, timeouts = self._core, self.config.timeouts
@@ -239,7 +253,8 @@ class AsyncConnection:
                     reason = self._failed(exc, "writing to", deadline.describe(limit))
                     unsent = not started or stream.unsent()
                     core.send_failed(reason) if unsent else core.abort(reason)
-                    continue
+                    if isinstance(event, Signal | StartTls):  # settled now: ask again
+                        continue
             if event is Signal.NEED_DATA:
                 if core.replies_received != seen:  # a new reply is awaited: a new deadline
                     seen, phase = core.replies_received, core.phase
@@ -291,11 +306,15 @@ class AsyncClient:
     Safe to share between tasks: concurrent deliver() calls take turns on the one
     connection, and each gets its own result."""
 
-    _backend: ClassVar[AsyncBackend]
+    #: The runtime's network backend, used when none is passed as `backend`.
+    default_backend: ClassVar[AsyncBackend]
 
-    def __init__(self, **settings: Unpack[ClientSettings]) -> None:
+    def __init__(
+        self, *, backend: AsyncBackend | None = None, **settings: Unpack[ClientSettings]
+    ) -> None:
         name = f"{type(self).__module__}.{type(self).__name__}"
         self.config = ClientConfig.from_settings(name, settings)
+        self._backend = self.default_backend if backend is None else backend
         self._lock = self._backend.lock()
         self._connection: AsyncConnection | None = None
         self._deadline = Deadline()  # the last delivery's, which bounds the QUIT too

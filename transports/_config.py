@@ -196,7 +196,8 @@ class PoolSettings(ClientSettings, total=False):
     connection is kept (2, Postfix's smtp_connection_cache_time_limit). max_lifetime:
     seconds a connection is reused at most (300, Postfix's
     smtp_connection_reuse_time_limit). wait_timeout: seconds a delivery waits for a
-    free connection before PoolTimeout (30; the total deadline applies too).
+    free connection before PoolTimeout (30; the total deadline applies too), and,
+    without a total, keeps trying a server that turns connections away.
     """
 
     max_connections: int

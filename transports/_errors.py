@@ -6,11 +6,14 @@ connection), failing to connect, TLS failures, a server that refused the session
 deadlines that passed before any recipient could be tried. Each runtime's stream adapter
 turns its own exceptions into OSError (TimeoutError for a deadline, ssl.SSLError for
 TLS), and stream_error() turns an OSError into ours, with a message that names what was
-being done and the endpoint: the same words in every runtime.
+being done and the endpoint: the same words in every runtime. try_again_later() tells
+the failures to open a session that may pass (the server full, stopping or restarting)
+from those that will not, for the Pool's retries.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import ssl
@@ -112,6 +115,44 @@ def stream_error(exc: OSError, doing: str, endpoint: str, timed: str = "") -> Co
     if doing == "connecting to":
         return ConnectError(f"cannot connect to {endpoint}: {_reason(exc)}")
     return ConnectError(f"connection failed {doing} {endpoint}: {_reason(exc)}")
+
+
+#: What a server that is not taking connections for now looks like at the socket: none
+#: listening (refused; a UNIX path gone), a listen queue full (EAGAIN), or a connection
+#: dropped before the session opened (reset, aborted, a broken pipe).
+_NOT_NOW = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ENOENT,
+        errno.EAGAIN,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.EPIPE,
+    }
+)
+
+
+def try_again_later(exc: LMTPError) -> bool:
+    """The session could not be opened for a reason that may pass: a 421 (the server
+    is full or stopping), a session that ended without a refusal (the server hung up,
+    or broke the protocol: the core cannot tell a 421 right behind the reply to LHLO, a
+    server stopping, from any other reply too many), a timeout, or a socket error in
+    _NOT_NOW. Not a TLS failure, a name that does not resolve, nor a refusal other than
+    421 (the server said no)."""
+    if isinstance(exc, SessionError):
+        return exc.reply is None or exc.reply.code == 421
+    if isinstance(exc, TLSError) or not isinstance(exc, ConnectError):
+        return False
+    if isinstance(exc, Timeout):
+        return True
+    cause, seen = exc.__cause__, 0
+    while cause is not None and seen < 4:  # trio's OSError holds a group of its own
+        grouped = cause.exceptions if isinstance(cause, BaseExceptionGroup) else ()
+        for candidate in (cause, *grouped):
+            if isinstance(candidate, OSError) and candidate.errno in _NOT_NOW:
+                return True
+        cause, seen = cause.__cause__, seen + 1
+    return False
 
 
 def session_failed(event: ConnectionClosed, failure: LMTPError | None, endpoint: str) -> LMTPError:

@@ -8,7 +8,25 @@ path), a path that exists and is not a socket is refused and left alone (EEXIST)
 only a stale socket (connecting is refused) is replaced. close() closes the sockets and
 removes the socket file, but only while it is still the one this server bound (same
 device and inode), so a server started later on the path keeps its own. A `sock`
-given in the settings is served as it is; its path is never removed.
+given in the settings is served as it is; its path is never removed. systemd_socket()
+takes the socket systemd passes by socket activation (fd 3, when LISTEN_PID is this
+process), to be given as `sock`.
+
+Spreading connections over processes that share one listening socket (workers, or
+several servers on one systemd socket): each process is woken for a new connection,
+and the first to call accept() gets it. So every accept loop takes at most
+ACCEPT_BATCH (1) connections per wake-up before it waits for readiness again, as nginx
+does by default (multi_accept off), for the cost of one readiness check per
+connection: a loop that drained the queue per wake-up, as asyncio's own does, left all
+8 of 8 sessions to one of 2 workers in 5 of 20 runs. One per wake-up alone still gave
+one worker 7 or 8 of them in 4 runs of 40, the kernel's choice being a coin toss per
+connection; so workers also look at each other's load. Loads is one session count per
+worker in memory shared across the fork (the supervisor makes it and each worker
+joins its slot). Before accepting, Gate.defer() tells a worker that serves more
+sessions than another to leave the connection waiting: it looks again after
+DEFER_STEP and takes the connection itself after DEFER_MAX, and then defers to the
+others only once their counts have moved (a worker whose event loop is stuck must not
+slow every connection down). With it, 90 runs of 90 split 4 and 4.
 
 Gate holds what every accept loop does the same way. refuse() answers a connection
 past max_connections with the core's 421 4.3.2 in place of the greeting, written
@@ -27,6 +45,7 @@ import contextlib
 import errno
 import logging
 import math
+import mmap
 import os
 import socket
 import stat
@@ -35,10 +54,17 @@ from typing import Any
 
 from ._config import ServerConfig
 
-__all__ = ["LOG_INTERVAL", "Gate", "Listening"]
+__all__ = ["ACCEPT_BATCH", "LOG_INTERVAL", "Gate", "Listening", "Loads", "systemd_socket"]
 
 LOG_INTERVAL = 10.0
 PAUSE_MIN, PAUSE_MAX = 0.01, 1.0
+#: Connections an accept loop takes per wake-up: few, to spread them over processes.
+ACCEPT_BATCH = 1
+#: A worker busier than another leaves a waiting connection to it: it looks again
+#: every DEFER_STEP seconds and takes the connection itself after DEFER_MAX.
+DEFER_STEP, DEFER_MAX = 0.005, 0.1
+#: The first descriptor systemd passes (sd_listen_fds(3): SD_LISTEN_FDS_START).
+LISTEN_FDS_START = 3
 #: accept() failures that concern one connection only: skip it, try the next at once.
 _TRANSIENT = {errno.ECONNABORTED, errno.EPROTO, errno.EINTR, errno.EAGAIN}
 
@@ -86,6 +112,31 @@ class Listening:
                 st = os.lstat(path)
                 if (st.st_dev, st.st_ino) == self._identity:
                     os.unlink(path)
+
+
+def systemd_socket() -> socket.socket | None:
+    """The listening socket systemd passed to this process (socket activation), to
+    serve as `sock=`; None when it passed none. The first one only (LISTEN_FDS may
+    say more). The variables are removed, so that a child process does not take the
+    socket for its own (sd_listen_fds(1) does the same)."""
+    try:
+        pid, count = int(os.environ["LISTEN_PID"]), int(os.environ["LISTEN_FDS"])
+    except (KeyError, ValueError):
+        return None
+    if pid != os.getpid() or count < 1:
+        return None
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    sock = socket.socket(fileno=LISTEN_FDS_START)
+    listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    if sock.type != socket.SOCK_STREAM or not listening:
+        sock.detach()  # systemd's descriptor: left as it is
+        raise OSError(
+            errno.EINVAL,
+            "systemd passed a socket that is not a listening stream socket (ListenStream=)",
+        )
+    sock.set_inheritable(False)
+    return sock
 
 
 def _take_over(path: str) -> None:
@@ -149,8 +200,48 @@ class _Throttle:
         return missed
 
 
+class Loads:
+    """How many sessions each worker sharing a listening socket serves: one signed
+    64-bit slot per worker in an anonymous shared mapping, made before the workers are
+    forked. A slot is -1 while no worker runs in it. Each worker writes only its own
+    slot (an aligned 8-byte store: no lock) and reads the others'."""
+
+    #: This process's, once it joined as a worker; every Gate made here uses it.
+    current: Loads | None = None
+
+    def __init__(self, workers: int) -> None:
+        self._memory = mmap.mmap(-1, 8 * workers)
+        self._counts = memoryview(self._memory).cast("q")
+        self._slot = 0
+        for slot in range(workers):
+            self._counts[slot] = -1
+
+    def join(self, slot: int) -> None:
+        """In a worker (after the fork): take `slot`, serving no session yet."""
+        self._slot = slot
+        self._counts[slot] = 0
+        Loads.current = self
+
+    def vacate(self, slot: int) -> None:
+        """In the parent: the worker in `slot` ended."""
+        self._counts[slot] = -1
+
+    def publish(self, sessions: int) -> None:
+        self._counts[self._slot] = sessions
+
+    def others(self) -> tuple[int, ...]:
+        counts = self._counts.tolist()
+        return tuple(counts[: self._slot] + counts[self._slot + 1 :])
+
+    def busier(self, others: tuple[int, ...]) -> bool:
+        """Whether a worker that runs serves fewer sessions than this one."""
+        mine = self._counts[self._slot]
+        return any(0 <= count < mine for count in others)
+
+
 class Gate:
-    """The accept loop's rules: the connection limit, refusals, pauses after failures."""
+    """The accept loop's rules: the connection limit, refusals, pauses after failures,
+    and, in a worker, leaving a connection to a less busy worker for a moment."""
 
     def __init__(self, config: ServerConfig, log: logging.Logger) -> None:
         self.limit = config.max_connections
@@ -160,6 +251,36 @@ class Gate:
         self._pause = PAUSE_MIN
         self._refusals = _Throttle(LOG_INTERVAL)
         self._failures = _Throttle(LOG_INTERVAL)
+        self._loads = Loads.current
+        self._waiting_since: float | None = None  # deferring the connection waiting
+        self._last_check = -math.inf
+        self._unanswered: tuple[int, ...] | None = None
+
+    def load(self, sessions: int) -> None:
+        """The server's session count changed (known to the other workers)."""
+        if self._loads is not None:
+            self._loads.publish(sessions)
+
+    def defer(self) -> float:
+        """A connection waits: 0 to take it now, or seconds to wait (DEFER_STEP) before
+        asking again, leaving it to a less busy worker. After DEFER_MAX nobody took
+        it: take it, and defer to the others again only once their counts move (a
+        worker whose loop is stuck must not slow everyone down)."""
+        loads = self._loads
+        if loads is None:
+            return 0.0
+        others = loads.others()
+        if others == self._unanswered or not loads.busier(others):
+            self._waiting_since = None
+            return 0.0
+        now = time.monotonic()
+        if self._waiting_since is None or now - self._last_check > 2 * DEFER_STEP:
+            self._waiting_since = now  # a connection we had not deferred yet
+        self._last_check = now
+        if now - self._waiting_since < DEFER_MAX:
+            return DEFER_STEP
+        self._unanswered, self._waiting_since = others, None
+        return 0.0
 
     def refuse(self, sock: socket.socket) -> None:
         """A connection past the limit: 421 4.3.2 without blocking, then close."""
@@ -197,6 +318,7 @@ class Gate:
 
     def accepted(self) -> None:
         self._pause = PAUSE_MIN
+        self._waiting_since = None
 
 
 def _describe(exc: BaseException) -> str:

@@ -10,7 +10,15 @@ asyncio and trio drivers run every other call in a worker thread. The driver run
 call and hands the result, or the exception, to complete(), which turns it into the
 replies the core owes: None means accept, a Reply is used as is, and a handler
 exception becomes 451 4.3.0 for everyone it concerned (logged here, never sent to the
-peer as text). The driver never sees a reply code.
+peer as text). The driver never sees a reply code. Once deliver() has answered (or
+raised), the transaction ends and its spooled message is closed.
+
+A handler method that declares a `session` parameter gets the session's SessionInfo
+(id, peer, TLS, LHLO name) as `session=`. Whether it does, and whether it is inline,
+is worked out once per function (inspect.signature is slow) and kept in _traits(); the
+Session binds `session` into the call with functools.partial when the session starts
+and again when SessionInfo changes (LHLO, STARTTLS), so the drivers call every method
+the same way and a method that does not ask for it costs nothing more.
 
 Refused recipients have a budget of their own, apart from the core's error budget
 (syntax and sequence errors): past `refusal_soft_limit` refusals in a session, each
@@ -22,11 +30,12 @@ is.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO, Any, TypeAlias, TypeGuard, TypeVar
 
 from lmtp_core import (
@@ -44,7 +53,16 @@ from lmtp_core import (
 
 from ._net import escape
 
-__all__ = ["Call", "Decision", "Envelope", "Handler", "Session", "Verdicts", "inline"]
+__all__ = [
+    "Call",
+    "Decision",
+    "Envelope",
+    "Handler",
+    "Session",
+    "SessionInfo",
+    "Verdicts",
+    "inline",
+]
 
 log = logging.getLogger("transports.server")
 
@@ -55,16 +73,43 @@ FAILED = Reply(451, "4.3.0", "Internal error, try again later")
 SPOOL_MEMORY = 1024 * 1024
 
 
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """The session a handler call belongs to, for a Handler method that declares a
+    ``session`` parameter (see Handler). A new one is made when it changes (LHLO,
+    STARTTLS); each call gets the one current when the command came."""
+
+    #: Unique among the sessions of this process: "s7".
+    id: str
+    #: The client: "host:port" or "[v6]:port" over TCP; over a UNIX socket, whose
+    #: clients have no name, "unix:" and the listening path.
+    peer: str
+    #: Whether the session is encrypted (implicit TLS, or after STARTTLS).
+    tls: bool = False
+    #: The name the client gave in LHLO ("" before it sent one).
+    lhlo: str = ""
+
+    @property
+    def name(self) -> str:
+        """The session as log lines and Envelope.session name it: "[s7] 127.0.0.1:51234"."""
+        return f"[{self.id}] {self.peer}"
+
+
 @dataclass
 class Envelope:
-    """One message with its envelope, handed to Handler.deliver()."""
+    """One message with its envelope, handed to Handler.deliver().
+
+    The message file is the server's: it is closed once deliver() returns (or
+    raises), so a handler that needs the message later (a queue, another thread)
+    copies it first, with read() or by copying from .message."""
 
     sender: str = ""
     mail_params: Params = ()
     #: The accepted recipients, in RCPT order (duplicates kept).
     recipients: list[str] = field(default_factory=list)
     rcpt_params: list[Params] = field(default_factory=list)
-    #: The message (dot-unstuffed, as received), positioned at its start.
+    #: The message (dot-unstuffed, as received), positioned at its start; closed once
+    #: deliver() returns.
     message: IO[bytes] | None = None
     size: int = 0
     lhlo: str = ""
@@ -91,7 +136,13 @@ class Handler:
 
     Return None to accept, or a Reply (2xx accepts, 4xx/5xx refuses). deliver() gets
     the complete message and returns one Reply or None per recipient in
-    envelope.recipients, or a single Reply or None that applies to all of them."""
+    envelope.recipients, or a single Reply or None that applies to all of them.
+
+    An override that declares a parameter named ``session`` (keyword-only is best) is
+    also given the SessionInfo of its session as ``session=``: peer, TLS, LHLO name,
+    id. Give it a default (``session: SessionInfo | None = None``) so that mypy
+    accepts the override; the server always passes one. Overrides without it are
+    called as before."""
 
     def mail_from(self, sender: str, params: Params) -> Decision | Awaitable[Decision]:
         return None
@@ -133,13 +184,40 @@ def awaitable(result: object) -> TypeGuard[Awaitable[Any]]:
     return result is not None and type(result) is not Reply and inspect.isawaitable(result)
 
 
-_HANDLER_OWN = frozenset({Handler.mail_from, Handler.rcpt_to, Handler.deliver})
+_HANDLER_OWN = (Handler.mail_from, Handler.rcpt_to, Handler.deliver)
 
 
-def _inline(method: Callable[..., object]) -> bool:
-    own = getattr(method, "__func__", None) in _HANDLER_OWN
+def _read_traits(method: Callable[..., object]) -> tuple[bool, bool]:
+    """(inline, takes session) of a handler method, or of the function behind it."""
+    function = getattr(method, "__func__", method)
+    own = any(function is f for f in _HANDLER_OWN)
     marked = getattr(method, "__lmtp_inline__", False)
-    return own or marked or inspect.iscoroutinefunction(method)
+    inline = own or marked or inspect.iscoroutinefunction(method)
+    try:
+        parameter = inspect.signature(method).parameters.get("session")
+    except (TypeError, ValueError):  # no signature to read (some builtins)
+        return inline, False
+    return inline, parameter is not None and parameter.kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.KEYWORD_ONLY,
+    )
+
+
+_function_traits = functools.lru_cache(maxsize=256)(_read_traits)
+
+
+def _traits(method: Callable[..., object]) -> tuple[bool, bool]:
+    """(inline, takes session) of a handler's bound method, worked out once per
+    function: every session asks, and reading a signature takes microseconds."""
+    function = getattr(method, "__func__", None)
+    if function is None:  # not a method (a callable object): read every time
+        return _read_traits(method)
+    return _function_traits(function)
+
+
+def _shown(function: Callable[..., object]) -> object:
+    """The handler method a call runs, for a log line (not the partial binding session=)."""
+    return function.func if isinstance(function, functools.partial) else function
 
 
 class Session:
@@ -148,25 +226,51 @@ class Session:
         conn: ServerConnection,
         handler: Handler,
         *,
-        tls: bool = False,
+        session_id: str = "",
         peer: str = "",
+        tls: bool = False,
         refusal_soft_limit: int = 10,
         refusal_delay: float = 1.0,
     ) -> None:
         self.conn = conn
         self.handler = handler
-        self.peer = peer
-        self.envelope = Envelope(tls=tls, session=peer)
+        self.info = SessionInfo(session_id, peer, tls)
+        self.name = self.info.name  # how log lines name the session
+        self.envelope = Envelope(tls=tls, session=self.name)
         self._pending: tuple[str, object] | None = None
         # Bound once: a bound method is made anew at every attribute access.
-        self._mail_from, self._rcpt_to = handler.mail_from, handler.rcpt_to
-        self._deliver = handler.deliver
-        self._inline = {
-            name: _inline(getattr(handler, name)) for name in ("mail_from", "rcpt_to", "deliver")
-        }
+        methods = (handler.mail_from, handler.rcpt_to, handler.deliver)
+        traits = [_traits(method) for method in methods]
+        self._inline_mail, self._inline_rcpt, self._inline_deliver = (i for i, _ in traits)
+        self._wants_session = [wants for _, wants in traits]
+        self._methods: tuple[Callable[..., object], ...] = methods
+        self._mail_from: Callable[..., object] = methods[0]
+        self._rcpt_to: Callable[..., object] = methods[1]
+        self._deliver: Callable[..., object] = methods[2]
+        if any(self._wants_session):
+            self._bind()
         self._soft_limit, self._delay = refusal_soft_limit, refusal_delay
         self.refused = 0  # recipients refused in this session
         self._owed_delay = 0.0
+
+    def _bind(self) -> None:
+        """The methods to call, with session= bound for those that declare it."""
+        info = self.info
+        self._mail_from, self._rcpt_to, self._deliver = (
+            functools.partial(method, session=info) if wants else method
+            for method, wants in zip(self._methods, self._wants_session, strict=True)
+        )
+
+    def _update(self, **changes: Any) -> None:
+        """A new SessionInfo (it is frozen), bound into the calls that follow."""
+        self.info = replace(self.info, **changes)
+        if any(self._wants_session):
+            self._bind()
+
+    def tls_established(self) -> None:
+        """The session is encrypted from now on (after STARTTLS)."""
+        self.envelope.tls = True
+        self._update(tls=True)
 
     def handle(self, event: object) -> Call | None:
         env = self.envelope
@@ -178,23 +282,24 @@ class Session:
         elif isinstance(event, MailFrom):
             self._pending = ("mail", event)
             args = (event.address, event.params)
-            return Call(self._mail_from, args, 1, self._inline["mail_from"], ACCEPT_MAIL)
+            return Call(self._mail_from, args, 1, self._inline_mail, ACCEPT_MAIL)
         elif isinstance(event, RcptTo):
             self._pending = ("rcpt", event)
             args = (event.address, event.params)
-            return Call(self._rcpt_to, args, 1, self._inline["rcpt_to"], ACCEPT_RCPT)
+            return Call(self._rcpt_to, args, 1, self._inline_rcpt, ACCEPT_RCPT)
         elif isinstance(event, EndOfData):
             if env.message is None:
                 env.message = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115
             env.message.seek(0)
-            count, inline_ = len(env.recipients), self._inline["deliver"]
+            count, inline_ = len(env.recipients), self._inline_deliver
             return Call(self._deliver, (env,), count, inline_, DELIVERED, delivers=True)
         elif isinstance(event, MessageRefused):
-            log.info("%s: message refused by the core: %s", self.peer, event.reply)
+            log.info("%s: message refused by the core: %s", self.name, event.reply)
             self.new_transaction()
         elif isinstance(event, Rset | Lhlo):
             if isinstance(event, Lhlo):
                 env.lhlo = event.name
+                self._update(lhlo=event.name)
             self.new_transaction()
         return None
 
@@ -204,8 +309,8 @@ class Session:
         if replies is None:
             log.error(
                 "%s: %r returned %r, not a Reply, None or %d of them",
-                self.peer,
-                call.function,
+                self.name,
+                _shown(call.function),
                 result,
                 call.replies,
             )
@@ -214,7 +319,7 @@ class Session:
 
     def failed(self, call: Call, error: BaseException) -> None:
         """The handler raised: 451 4.3.0 for everyone concerned; the text stays here."""
-        log.error("%s: handler %r failed", self.peer, call.function, exc_info=error)
+        log.error("%s: handler %r failed", self.name, _shown(call.function), exc_info=error)
         self._send(call, [FAILED] * call.replies)
 
     def _replies(self, call: Call, result: object) -> list[Reply] | None:
@@ -234,7 +339,7 @@ class Session:
         pending, self._pending = self._pending, None
         for reply in replies:
             if 300 <= reply.code < 400:
-                log.error("%s: handler gave a 3xx reply; sending 451", self.peer)
+                log.error("%s: handler gave a 3xx reply; sending 451", self.name)
                 replies = [FAILED] * len(replies)
                 break
         for reply in replies:
@@ -242,7 +347,7 @@ class Session:
         if pending is not None and not replies[0].is_positive:
             kind, event = pending
             if isinstance(event, RcptTo):
-                log.info("%s: %s %s", self.peer, escape(event.address), replies[0])
+                log.info("%s: %s %s", self.name, escape(event.address), replies[0])
                 self.refused += 1
                 if self.refused > self._soft_limit:
                     self._owed_delay = self._delay
@@ -255,7 +360,7 @@ class Session:
                 env.rcpt_params.append(event.params)
         if call.delivers:
             for recipient, reply in zip(env.recipients, replies, strict=True):
-                log.info("%s: %s %s", self.peer, escape(recipient), reply)
+                log.info("%s: %s %s", self.name, escape(recipient), reply)
             self.new_transaction()
 
     def take_delay(self) -> float:

@@ -118,7 +118,12 @@ class SyncBackend(Protocol):
 
     def every(self, interval: float, function: Any) -> Any:
         """Run `function()` every `interval` seconds in the background until the
-        returned handle's cancel() is called. Must be called from the runtime."""
+        returned handle's cancel() is called; or None where the runtime runs nothing
+        outside its caller's nursery (trio). Must be called from the runtime."""
+        ...
+
+    def sleep(self, seconds: float) -> None:
+        """Wait `seconds` (a Pool's pause before it tries a refused connection again)."""
         ...
 
 
@@ -161,7 +166,11 @@ class SyncConnection:
             log.info("[%s] %s", self.id, error)
             raise error from exc
         log.debug("[%s] connected to %s", self.id, cfg.endpoint)
-        event = self._pump(None, deadline)
+        try:
+            event = self._pump(None, deadline)
+        except BaseException:  # cancelled or interrupted: nobody else holds the stream yet
+            self.close(quit=False)
+            raise
         if isinstance(event, ConnectionClosed):
             self.close()
             raise session_failed(event, self._failure, cfg.endpoint)
@@ -215,11 +224,16 @@ class SyncConnection:
         close."""
         if self._stream is None:
             return
-        if quit and self._core.reusable:
-            self._core.quit()
-            self._pump(None, deadline or Deadline())
-        stream, self._stream = self._stream, None
-        stream.close(forceful=self._failure is not None or not quit)
+        forceful = True  # unless the QUIT below completes
+        try:
+            if quit and self._core.reusable:
+                self._core.quit()
+                self._pump(None, deadline or Deadline())
+            forceful = self._failure is not None or not quit
+        finally:  # cancelled or interrupted during the QUIT too: closed all the same
+            stream, self._stream = self._stream, None
+            if stream is not None:
+                stream.close(forceful=forceful)
 
     def _pump(self, body: Body | None, deadline: Deadline) -> object:
         core, timeouts = self._core, self.config.timeouts
@@ -241,7 +255,8 @@ class SyncConnection:
                     reason = self._failed(exc, "writing to", deadline.describe(limit))
                     unsent = not started or stream.unsent()
                     core.send_failed(reason) if unsent else core.abort(reason)
-                    continue
+                    if isinstance(event, Signal | StartTls):  # settled now: ask again
+                        continue
             if event is Signal.NEED_DATA:
                 if core.replies_received != seen:  # a new reply is awaited: a new deadline
                     seen, phase = core.replies_received, core.phase
@@ -293,11 +308,15 @@ class SyncClient:
     Safe to share between tasks: concurrent deliver() calls take turns on the one
     connection, and each gets its own result."""
 
-    _backend: ClassVar[SyncBackend]
+    #: The runtime's network backend, used when none is passed as `backend`.
+    default_backend: ClassVar[SyncBackend]
 
-    def __init__(self, **settings: Unpack[ClientSettings]) -> None:
+    def __init__(
+        self, *, backend: SyncBackend | None = None, **settings: Unpack[ClientSettings]
+    ) -> None:
         name = f"{type(self).__module__}.{type(self).__name__}"
         self.config = ClientConfig.from_settings(name, settings)
+        self._backend = self.default_backend if backend is None else backend
         self._lock = self._backend.lock()
         self._connection: SyncConnection | None = None
         self._deadline = Deadline()  # the last delivery's, which bounds the QUIT too

@@ -16,7 +16,9 @@ close_when_idle(), which answers 421 now or once the transaction in flight is do
 Every wait (TLS handshakes, each read and each write, the delay) is bounded by the
 idle timeout and by what is left of the session timeout; a stream failure or a
 deadline ends the session, logged once, and the stream is always closed. Plaintext a
-client pipelined after STARTTLS is dropped by the stream adapter.
+client pipelined after STARTTLS is dropped by the stream adapter. The Session is told
+who the peer is and of TLS (implicit, or after STARTTLS), for the handler methods that
+ask for the session (SessionInfo).
 
 _sync_server.py is generated from this file by tools/unasync.py.
 """
@@ -64,17 +66,18 @@ def serve_connection(
     stream: SyncStream, config: ServerConfig, handler: Handler, sessions: SyncSessions
 ) -> None:
     """Serve one client until it quits, fails or runs out of time; closes the stream."""
-    name = f"[{new_id('s')}] {stream.peer(config.endpoint)}"
     end = time.monotonic() + config.session_timeout
     conn = config.connection()
     session = Session(
         conn,
         handler,
+        session_id=new_id("s"),
+        peer=stream.peer(config.endpoint),
         tls=config.ssl_context is not None,
-        peer=name,
         refusal_soft_limit=config.refusal_soft_limit,
         refusal_delay=config.refusal_delay,
     )
+    name = session.name
     log.debug("%s: connected", name)
     clean = stop_seen = False
     try:
@@ -104,7 +107,7 @@ def serve_connection(
                     config.starttls_context, None, _wait(config, end), server_side=True
                 )
                 conn.tls_established()
-                session.envelope.tls = True
+                session.tls_established()
             elif isinstance(event, ConnectionClosed):
                 log.debug("%s: closed: %s", name, event.reason)
                 clean = True

@@ -5,7 +5,8 @@ a SocketStream, tried first (_plain.py: each send and receive at once, through t
 loop only when it would block, a yield every FAST_TURNS calls in a row); when it must
 wait it keeps a reader registered that reads for itself (see the class). STARTTLS and
 implicit TLS (and every server session) use StreamPair, which moves bytes over an
-asyncio StreamReader/StreamWriter with asyncio.timeout() around each wait.
+asyncio StreamReader/StreamWriter (over asyncio's own StreamReaderProtocol, which
+counts what it hands the reader) with asyncio.timeout() around each wait.
 AsyncioBackend connects and makes locks (_slots.Slots: a timed wait without a timer of
 its own); the delivery flow and the per-connection server loop are the shared async ones
 (_async_client.py, _async_server.py). StreamPair's writes wait until the transport's
@@ -14,11 +15,16 @@ buffer are known not to have left (drain() also fails when the peer went away af
 taking everything), so a failure with an empty buffer is reported as "cannot tell".
 asyncio's StreamReader may have read plaintext that arrived after the STARTTLS exchange
 but before the upgrade; it would come back out of the reader after the handshake as if
-it had been encrypted, so the client refuses it and the server discards it (STARTTLS
-injection). The Server accepts in a reader callback on its listening sockets (_listen.py
-makes them and sets the rules), runs each session as a task, and lends the sessions a
-pool of threads for synchronous handler methods and a way to interrupt idle reads at
-shutdown (_Sessions).
+it had been encrypted, so the TLS layer gets a new reader: the client refuses bytes left
+unread in the old one (fed minus taken) and the server drops them with it (STARTTLS
+injection). No private attribute of asyncio is read.
+The Server accepts in a reader callback on its listening sockets (_listen.py makes
+them and sets the rules; ACCEPT_BATCH connections per wake-up, and a worker busier
+than another leaves a connection to it, so that processes sharing a socket share its
+connections), runs each session as a task, and lends the sessions a pool of daemon
+threads for synchronous handler methods (a call abandoned after the grace period must
+not keep the process alive) and a way to interrupt idle reads at shutdown (_Sessions).
+serve() stops it on SIGTERM and SIGINT (_serve.py).
 """
 
 from __future__ import annotations
@@ -27,20 +33,23 @@ import asyncio
 import contextlib
 import functools
 import logging
+import queue
 import select
 import socket
 import ssl
+import threading
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from typing import Any, Unpack
 
 from lmtp_core import MailFrom, RcptTo, TransactionResult
 
+from . import _serve
 from ._async_client import AsyncClient
 from ._async_pool import AsyncPool
 from ._async_server import serve_connection
 from ._config import ClientConfig, ClientSettings, ServerConfig, ServerSettings, settings_error
-from ._listen import Gate, Listening
+from ._listen import ACCEPT_BATCH, Gate, Listening
 from ._message import Message
 from ._net import Poller, peer_name
 from ._plain import PlainStream, unix_socket
@@ -52,21 +61,45 @@ __all__ = ["Client", "Pool", "Server", "deliver", "serve"]
 log = logging.getLogger("transports")
 
 
-def _buffered(reader: asyncio.StreamReader) -> bytearray:
-    """Bytes the reader holds but nobody has read yet (private, but stable since 3.4)."""
-    buffer = getattr(reader, "_buffer", None)
-    return buffer if isinstance(buffer, bytearray) else bytearray()
+class _Counting(asyncio.StreamReaderProtocol):
+    """asyncio's own stream protocol, counting the bytes it hands its reader: with
+    what StreamPair took out, that says how many wait unread in the reader, without
+    a look at the reader's private buffer."""
+
+    fed = 0
+
+    def data_received(self, data: bytes) -> None:
+        self.fed += len(data)
+        super().data_received(data)
+
+
+async def _pair(
+    connect: Callable[[Callable[[], _Counting]], Awaitable[tuple[asyncio.BaseTransport, Any]]],
+) -> StreamPair:
+    """A StreamPair over the transport that `connect(protocol_factory)` makes."""
+    reader = asyncio.StreamReader(limit=_READ_LIMIT)
+    protocol = _Counting(reader)
+    transport, _ = await connect(lambda: protocol)
+    assert isinstance(transport, asyncio.WriteTransport)
+    writer = asyncio.StreamWriter(transport, protocol, reader, asyncio.get_running_loop())
+    return StreamPair(reader, writer, protocol)
 
 
 class StreamPair:
-    """An asyncio reader and writer as one stream."""
+    """An asyncio reader and writer as one stream (made by _pair())."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader, self._writer = reader, writer
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, protocol: _Counting
+    ) -> None:
+        self._reader, self._writer, self._protocol = reader, writer, protocol
         self.tls = writer.get_extra_info("sslcontext") is not None
         self._refused = False
+        self._taken = 0  # bytes read out of the reader
         self._readable: Poller | None = None  # made on first use
         writer.transport.set_write_buffer_limits(high=0)
+
+    def _unread(self) -> bool:
+        return self._protocol.fed > self._taken
 
     async def send_all(self, data: bytes, timeout: float) -> None:
         writer = self._writer
@@ -86,7 +119,9 @@ class StreamPair:
 
     async def receive_some(self, timeout: float) -> bytes:
         async with asyncio.timeout(timeout):
-            return await self._reader.read(65536)
+            data = await self._reader.read(65536)
+        self._taken += len(data)
+        return data
 
     async def start_tls(
         self,
@@ -95,17 +130,32 @@ class StreamPair:
         timeout: float,
         server_side: bool = False,
     ) -> StreamPair:
-        if _buffered(self._reader):
-            if not server_side:
-                raise ConnectionError("bytes after the STARTTLS reply (response injection)")
-            _buffered(self._reader).clear()  # plaintext pipelined before the handshake
+        # The TLS layer gets a reader of its own. Plaintext the old one holds arrived
+        # after the STARTTLS exchange: a client refuses it, a server drops it with the
+        # old reader (it was pipelined before the handshake); never is it read out as
+        # if it had come encrypted (STARTTLS injection).
+        if self._unread() and not server_side:
+            raise ConnectionError("bytes after the STARTTLS reply (response injection)")
+        loop, transport = asyncio.get_running_loop(), self._writer.transport
+
+        async def upgrade(factory: Callable[[], _Counting]) -> tuple[asyncio.BaseTransport, Any]:
+            protocol = factory()
+            tls = await loop.start_tls(
+                transport,
+                protocol,
+                context,
+                server_side=server_side,
+                server_hostname=None if server_side else server_hostname or "",
+            )
+            assert tls is not None
+            return tls, protocol
+
         async with asyncio.timeout(timeout):
-            await self._writer.start_tls(context, server_hostname=server_hostname)
-        return StreamPair(self._reader, self._writer)
+            return await _pair(upgrade)
 
     def idle_clean(self) -> bool:
         reader, writer = self._reader, self._writer
-        if reader.at_eof() or _buffered(reader) or writer.is_closing():
+        if reader.at_eof() or self._unread() or writer.is_closing():
             return False
         if self._readable is None:
             sock = writer.get_extra_info("socket")
@@ -122,9 +172,14 @@ class StreamPair:
             self._writer.transport.abort()
             return
         self._writer.close()
-        with contextlib.suppress(Exception):
+        try:
             async with asyncio.timeout(1.0):
                 await self._writer.wait_closed()
+        except Exception:  # the peer did not finish TLS's closing exchange in time
+            self._writer.transport.abort()
+        except BaseException:  # cancelled: nothing is left closing in the background
+            self._writer.transport.abort()
+            raise
 
 
 class SocketStream(PlainStream):
@@ -229,9 +284,7 @@ class SocketStream(PlainStream):
                 "bytes after the 220 reply to STARTTLS (STARTTLS response injection)"
             )
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(sock=self._sock)
-            await writer.start_tls(context, server_hostname=server_hostname or "")
-        return StreamPair(reader, writer)
+            return await _tls_pair(self._sock, context, server_hostname)
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -269,6 +322,25 @@ async def _tcp_socket(host: str, port: int) -> socket.socket:
     raise OSError(first.errno, first.strerror) from ExceptionGroup("every address", errors)
 
 
+async def _tls_pair(
+    sock: socket.socket, context: ssl.SSLContext, server_hostname: str | None
+) -> StreamPair:
+    """A client's TLS connection over `sock`, handshake done. asyncio closes the
+    transport when the handshake fails or is cancelled; the socket is closed here too
+    in case the transport was never made."""
+    loop = asyncio.get_running_loop()
+    try:
+        # asyncio insists on a name with TLS; "" is its way to say "no name to check".
+        return await _pair(
+            lambda factory: loop.create_connection(
+                factory, sock=sock, ssl=context, server_hostname=server_hostname or ""
+            )
+        )
+    except BaseException:
+        sock.close()
+        raise
+
+
 class AsyncioBackend:
     async def connect(self, config: ClientConfig, timeout: float) -> SocketStream | StreamPair:
         tls = config.ssl_context if config.implicit_tls else None
@@ -279,15 +351,7 @@ class AsyncioBackend:
                 sock = await _tcp_socket(config.host, config.port)
             if tls is None:
                 return SocketStream(sock)
-            # asyncio insists on a name with TLS; "" is its way to say "no name to check".
-            try:
-                reader, writer = await asyncio.open_connection(
-                    sock=sock, ssl=tls, server_hostname=config.server_hostname or ""
-                )
-            except BaseException:
-                sock.close()
-                raise
-        return StreamPair(reader, writer)
+            return await _tls_pair(sock, tls, config.server_hostname)
 
     def lock(self) -> Slots:
         return Slots(1)
@@ -314,19 +378,22 @@ class AsyncioBackend:
     async def acquire(self, lock: Slots, timeout: float | None) -> None:
         await lock.acquire(timeout)
 
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
 
 class Client(AsyncClient):
     """One LMTP connection, opened on the first deliver() and reused after it.
     Safe to share between tasks: concurrent deliver() calls take turns."""
 
-    _backend = AsyncioBackend()
+    default_backend = AsyncioBackend()
 
 
 class Pool(AsyncPool):
     """Up to max_connections connections to one server, shared by concurrent
     deliveries; `async with Pool(...) as pool:` QUITs them on leaving. Task-safe."""
 
-    _backend = Client._backend
+    default_backend = Client.default_backend
 
 
 async def deliver(
@@ -341,15 +408,65 @@ async def deliver(
         return await client.deliver(message, sender, recipients)
 
 
+class _HandlerThreads(Executor):
+    """Up to `limit` daemon threads for synchronous handler calls, started as needed
+    and kept. Not ThreadPoolExecutor: it joins its threads at interpreter exit, so a
+    handler call still running after the grace period (abandoned, as trio abandons
+    one) would keep a stopped server's process from exiting."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._idle = threading.Semaphore(0)  # released by each thread that waits
+        self._started = 0
+
+    def submit(  # type: ignore[override]  # positional only, as the callers use it
+        self, fn: Callable[..., Any], /, *args: Any
+    ) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._calls.put((functools.partial(fn, *args), future))
+        if not self._idle.acquire(blocking=False) and self._started < self._limit:
+            threading.Thread(target=self._work, name="lmtp-handler", daemon=True).start()
+            self._started += 1  # only the event loop's thread submits
+        return future
+
+    def _work(self) -> None:
+        while True:
+            self._idle.release()
+            item = self._calls.get()
+            if item is None:
+                return
+            call, future = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = call()
+            except BaseException as exc:  # the session sees it, as from any executor
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Cancel the calls not begun and end the threads once they are free (the
+        calls still running are left to finish on their own; never waits)."""
+        with contextlib.suppress(queue.Empty):
+            while (item := self._calls.get_nowait()) is not None:
+                item[1].cancel()
+        for _ in range(self._started):
+            self._calls.put(None)
+
+
 class _Sessions:
     """What the asyncio Server lends its sessions (_async_server.AsyncSessions): a
-    pool of handler threads, and word of a shutdown that cancels the reads of idle
-    sessions (a cancelled StreamReader.read() loses no data)."""
+    pool of handler threads (_HandlerThreads), and word of a shutdown that cancels the
+    reads of idle sessions (a cancelled StreamReader.read() loses no data)."""
 
     def __init__(self, threads: int) -> None:
         self.stopping = False
         self._threads = threads
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: _HandlerThreads | None = None
         self._idle: set[asyncio.Task[Any]] = set()
         self._interrupted: set[asyncio.Task[Any]] = set()
 
@@ -358,7 +475,7 @@ class _Sessions:
             result = call.function(*call.args)
         else:
             if self._executor is None:
-                self._executor = ThreadPoolExecutor(self._threads, "lmtp-handler")
+                self._executor = _HandlerThreads(self._threads)
             result = await asyncio.get_running_loop().run_in_executor(
                 self._executor, functools.partial(call.function, *call.args)
             )
@@ -397,7 +514,8 @@ class Server:
     """An LMTP server on asyncio: `async with Server(...) as server:` starts it, and
     leaving the block (or close()) stops it.
 
-    It accepts in a reader callback on each listening socket (a batch per wakeup),
+    It accepts in a reader callback on each listening socket (ACCEPT_BATCH per
+    wake-up, so that processes sharing the socket share the connections),
     admits at most max_connections sessions (one task each; past that 421 4.3.2) and
     pauses accepting after a failure (Gate). close() stops accepting and removes the
     socket, answers idle sessions 421 at once, gives transactions in flight `grace`
@@ -464,7 +582,10 @@ class Server:
             self._closed.set()
 
     def _accept(self, listener: socket.socket) -> None:
-        for _ in range(self.config.backlog):
+        for _ in range(ACCEPT_BATCH):  # few: other processes may share the socket
+            if wait := self._gate.defer():  # a worker less busy may take it
+                self._pause(listener, wait)
+                return
             try:
                 sock, _ = listener.accept()
             except BlockingIOError:
@@ -482,7 +603,12 @@ class Server:
             assert self._loop is not None
             task = self._loop.create_task(self._connection(sock))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._gate.load(len(self._tasks))
+            task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._gate.load(len(self._tasks))
 
     def _pause(self, listener: socket.socket, seconds: float) -> None:
         assert self._loop is not None
@@ -499,21 +625,13 @@ class Server:
 
     async def _connection(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=_READ_LIMIT)
-        # With a callback the protocol is a server's (as start_server() makes it): it
-        # makes the writer, whose start_tls() then handshakes as the server.
-        made: list[asyncio.StreamWriter] = []
-        protocol = asyncio.StreamReaderProtocol(reader, lambda _, writer: made.append(writer))
         try:
-            await loop.connect_accepted_socket(lambda: protocol, sock)
+            stream = await _pair(lambda factory: loop.connect_accepted_socket(factory, sock))
         except BaseException:
             sock.close()
             raise
-        [writer] = made
         try:
-            await serve_connection(
-                StreamPair(reader, writer), self.config, self.handler, self._sessions
-            )
+            await serve_connection(stream, self.config, self.handler, self._sessions)
         except Exception:  # a bug: the task's exception would otherwise go unseen
             log.exception("the session failed")
 
@@ -521,8 +639,15 @@ class Server:
 _READ_LIMIT = 64 * 1024  # the StreamReader pauses reading past twice this
 
 
-async def serve(handler: Handler, **settings: Unpack[ServerSettings]) -> None:
-    """Run an LMTP server until cancelled. See ServerSettings for the settings."""
+async def serve(
+    handler: Handler, *, handle_signals: bool = True, **settings: Unpack[ServerSettings]
+) -> None:
+    """Run an LMTP server until cancelled (then it stops gracefully too).
+
+    Until SIGTERM or SIGINT too, when it runs in the main thread and handle_signals
+    is true (the default): the server then stops gracefully (no new connections, the
+    socket file removed, 421 to idle sessions, `grace` seconds for transactions in
+    flight) and serve() returns. Pass handle_signals=False when the application
+    takes those signals itself. See ServerSettings for the settings."""
     settings_error("transports.asyncio.serve", settings, server=True)
-    async with Server(handler, **settings) as server:
-        await server.serve_forever()
+    await _serve.serve_asyncio(Server(handler, **settings), handle_signals)

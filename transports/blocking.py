@@ -5,9 +5,11 @@ one socket timeout per wait, SocketBackend connects (UNIX, TCP, implicit TLS) an
 threading locks, and the delivery flow and per-connection server loop are the shared
 ones (_sync_client.py and _sync_server.py, generated from the async flows). Client is
 SyncClient on sockets, thread-safe: concurrent deliver() calls take turns. The server
-accepts in one thread (a selector, so that shutdown() can wake it through a
-socketpair) and serves each connection in a worker thread of a pool bounded by
-max_connections, where the handler runs too (see Server).
+accepts in one thread, one connection per wake-up (a selector, so that a stop request
+can wake it through a socketpair; a request is a flag and a byte, safe to make from a
+signal handler) and serves each connection in a worker thread of a pool bounded by
+max_connections, where the handler runs too (see Server). serve() stops it on SIGTERM
+and SIGINT (_serve.py).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any, Unpack
 
 from lmtp_core import MailFrom, RcptTo, TransactionResult
 
+from . import _serve
 from ._config import ClientConfig, ClientSettings, ServerConfig, ServerSettings, settings_error
 from ._listen import Gate, Listening
 from ._message import Message
@@ -113,9 +116,8 @@ class SocketStream:
         timeout: float,
         server_side: bool = False,
     ) -> SocketStream:
-        sock = self._timeout(timeout)
         return SocketStream(
-            context.wrap_socket(sock, server_side=server_side, server_hostname=server_hostname)
+            _handshake(context, self._timeout(timeout), server_hostname, server_side)
         )
 
     def idle_clean(self) -> bool:
@@ -130,6 +132,29 @@ class SocketStream:
     def close(self, forceful: bool = False) -> None:
         with contextlib.suppress(OSError):
             self._sock.close()
+
+
+def _handshake(
+    context: ssl.SSLContext,
+    sock: socket.socket,
+    server_hostname: str | None,
+    server_side: bool = False,
+) -> ssl.SSLSocket:
+    """TLS over `sock` (which it takes over), handshake done. ssl closes the socket
+    when the handshake fails with an OSError; this closes it on anything else too
+    (Ctrl-C during the handshake left it to the garbage collector)."""
+    tls = context.wrap_socket(
+        sock,
+        server_side=server_side,
+        server_hostname=server_hostname,
+        do_handshake_on_connect=False,
+    )
+    try:
+        tls.do_handshake()
+    except BaseException:
+        tls.close()
+        raise
+    return tls
 
 
 def _unix_socket(path: str, timeout: float) -> socket.socket:
@@ -156,7 +181,7 @@ class SocketBackend:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if config.implicit_tls:
                 assert config.ssl_context is not None
-                sock = config.ssl_context.wrap_socket(sock, server_hostname=config.server_hostname)
+                sock = _handshake(config.ssl_context, sock, config.server_hostname)
         except BaseException:
             if sock is not None:
                 sock.close()
@@ -182,6 +207,9 @@ class SocketBackend:
     def every(self, interval: float, function: Callable[[], object]) -> _Repeater:
         return _Repeater(interval, function)
 
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
 
 class _Repeater:
     """Calls a function every `interval` seconds in a daemon thread until cancel()."""
@@ -206,14 +234,14 @@ class Client(SyncClient):
     """One LMTP connection, opened on the first deliver() and reused after it.
     Thread-safe: concurrent deliver() calls take turns on the connection."""
 
-    _backend = SocketBackend()
+    default_backend = SocketBackend()
 
 
 class Pool(SyncPool):
     """Up to max_connections connections to one server, shared by concurrent
     deliveries; `with Pool(...) as pool:` QUITs them on leaving. Thread-safe."""
 
-    _backend = Client._backend
+    default_backend = Client.default_backend
 
 
 def deliver(
@@ -262,9 +290,18 @@ class _Sessions:
         return stream.receive_some(timeout)
 
     def stop(self) -> None:
+        """Safe in a signal handler: it sets a flag and writes one byte, taking no lock."""
         self.stopping = True
         with contextlib.suppress(OSError):
             self._wake_w.send(b"x")  # never read: stays readable for every poll
+
+    def woken(self, seconds: float) -> bool:
+        """Wait up to `seconds` unless stop() is (or gets) called; whether it was."""
+        if not self.stopping:
+            poller = select.poll()
+            poller.register(self.wake.fileno(), select.POLLIN)
+            poller.poll(math.ceil(seconds * 1000))
+        return self.stopping
 
     def close(self) -> None:
         self.wake.close()
@@ -287,15 +324,19 @@ def _cut(fd: int) -> None:
 
 class Server:
     """An LMTP server on threads. Use as a context manager to run it in a background
-    thread, or call serve_forever() and, from elsewhere, shutdown().
+    thread, or call serve_forever() and, to stop it, shutdown(): from another thread,
+    or from a signal handler while serve_forever() runs in the main thread.
 
-    One thread accepts (a selector, which shutdown() wakes through a socketpair).
-    Each session runs in a worker thread from a pool that grows to at most
-    max_connections threads and keeps them for reuse; past max_connections a
+    One thread accepts (a selector, which a stop request wakes through a socketpair),
+    one connection per wake-up (fair to other processes sharing the socket, see
+    _listen.py). Each session runs in a worker thread from a pool that grows to at
+    most max_connections threads and keeps them for reuse; past max_connections a
     connection gets 421 4.3.2. When accept() fails or a thread cannot be started, the
-    loop pauses and tries again (Gate). shutdown() stops accepting and removes the
-    socket, answers idle sessions 421 at once, gives transactions in flight `grace`
-    seconds, then shuts the sockets of the sessions still open."""
+    loop pauses and tries again (Gate). Stopping (shutdown(), see there) stops
+    accepting and removes the socket, answers idle sessions 421 at once, gives
+    transactions in flight `grace` seconds, then shuts the sockets of the sessions
+    still open. A stop request is only a flag and a byte on the socketpair, so a
+    signal handler can make it; the thread that serves then does the rest."""
 
     def __init__(self, handler: Handler, **settings: Unpack[ServerSettings]) -> None:
         self.handler = handler
@@ -310,8 +351,13 @@ class Server:
         self._active = 0  # sessions queued or being served
         self._served: set[int] = set()  # the descriptors of sessions being served
         self._workers: set[threading.Thread] = set()
-        self._stopped = threading.Event()
+        # A stop request: plain attributes, set without a lock (a signal handler may).
+        self._stopping = False
+        self._grace: float | None = None
+        self._serving: int | None = None  # the thread in serve_forever(), if any
         self._accepting = threading.Lock()  # held while serve_forever() runs
+        self._finishing = threading.Lock()  # held while the graceful stop runs
+        self._finished = False
         self._background: threading.Thread | None = None
 
     def __enter__(self) -> Server:
@@ -325,53 +371,103 @@ class Server:
         self.shutdown()
 
     def serve_forever(self) -> None:
-        with self._accepting, selectors.DefaultSelector() as selector:
+        """Accept connections in this thread until shutdown() is called; then stop
+        gracefully (see shutdown()) and return. An exception (KeyboardInterrupt)
+        leaves the stop to shutdown()."""
+        self._serving = threading.get_ident()  # before the lock: see shutdown()
+        try:
+            with self._accepting:
+                if not self._stopping:
+                    self._accept_loop()
+                self._finish()
+        finally:
+            self._serving = None
+
+    def _accept_loop(self) -> None:
+        sessions = self._sessions
+        with selectors.DefaultSelector() as selector:
             for sock in self._listening.sockets:
                 selector.register(sock, selectors.EVENT_READ)
-            selector.register(self._sessions.wake, selectors.EVENT_READ)
-            while not self._stopped.is_set():
+            selector.register(sessions.wake, selectors.EVENT_READ)
+            while not self._stopping:
                 for key, _ in selector.select():
-                    if key.fileobj is self._sessions.wake or self._stopped.is_set():
+                    if key.fileobj is sessions.wake or self._stopping:
                         break
                     try:
                         pause = self._accept(key.fileobj)  # type: ignore[arg-type]
-                        while pause and not self._stopped.wait(pause):
+                        while pause and not sessions.woken(pause):
                             pause = self._staff()
                     except Exception as exc:  # the loop must not die
-                        self._stopped.wait(self._gate.failed(exc))
+                        sessions.woken(self._gate.failed(exc))
 
     def shutdown(self, grace: float | None = None) -> None:
         """Stop accepting and remove the socket file; idle sessions get 421 at once,
         transactions in flight `grace` seconds (the setting by default) to finish;
-        the sessions still open then have their sockets shut."""
-        if self._stopped.is_set():
-            return
-        self._stopped.set()
-        self._sessions.stop()  # wakes the accept loop and every idle session
-        if self._background is not None:
-            self._background.join(_STOP_WAIT)
-        elif self._accepting.acquire(timeout=_STOP_WAIT):  # serve_forever() has returned
+        the sessions still open then have their sockets shut.
+
+        From another thread it returns once all that is done. From the thread that
+        runs serve_forever() (a signal handler, while serve_forever() runs in the
+        main thread) it only asks to stop and returns at once: serve_forever() then
+        stops gracefully itself before it returns. So a program may do::
+
+            signal.signal(signal.SIGTERM, lambda *_: server.shutdown())
+            server.serve_forever()  # returns once stopped
+        """
+        if not self._stopping:  # no lock taken here: a signal handler may be calling
+            self._grace = grace
+            self._stopping = True
+            self._sessions.stop()  # wakes the accept loop and every idle session
+        if self._serving == threading.get_ident():
+            return  # serve_forever(), below us in this thread, finishes the stop
+        limit = self.config.grace if self._grace is None else self._grace
+        # serve_forever() stops gracefully before it returns; wait for that, bounded.
+        if self._accepting.acquire(timeout=limit + _CUT_WAIT + _STOP_WAIT):
             self._accepting.release()
-        self._listening.close()
-        limit = self.config.grace if grace is None else grace
+        self._finish()
+
+    def _finish(self) -> None:
+        """The graceful stop, once, by serve_forever() or shutdown()."""
+        with self._finishing:
+            if self._finished:
+                return
+            self._finished = True
+            self._sessions.stop()
+            self._listening.close()
+            self._drain()
+
+    def _drain(self) -> None:
+        limit = self.config.grace if self._grace is None else self._grace
         with self._lock:
             self._changed.wait_for(lambda: not self._active, limit)
             for fd in self._served:
                 _cut(fd)
-            self._changed.wait_for(lambda: not self._active, _STOP_WAIT)
+            # A cut session ends at once, unless it is in a handler call: that thread
+            # (a daemon) is abandoned, to end on its own; its answer is never sent.
+            end = time.monotonic() + _CUT_WAIT
+            self._changed.wait_for(lambda: not self._active, _CUT_WAIT)
             workers = list(self._workers)
+            abandoned = self._active
         for _ in workers:
             self._queue.put(None)
         for worker in workers:
-            worker.join(_STOP_WAIT)
+            worker.join(max(end - time.monotonic(), 0.0))
         with contextlib.suppress(queue.Empty):
             while True:  # accepted, never served (no thread could be started)
                 if (sock := self._queue.get_nowait()) is not None:
                     sock.close()
-        self._sessions.close()
+        if abandoned:
+            log.warning(
+                "%s: %d sessions still in a handler call after the grace period: abandoned",
+                self.config.endpoint,
+                abandoned,
+            )
+        else:  # an abandoned session may still poll the wake socket: kept open for it
+            self._sessions.close()
 
     def _accept(self, listener: socket.socket) -> float:
         """Accept one connection and hand it to a worker; seconds to pause after."""
+        if wait := self._gate.defer():  # a worker process less busy may take it
+            return wait
         try:
             sock, _ = listener.accept()
         except BlockingIOError:  # another process sharing the socket took it
@@ -382,6 +478,7 @@ class Server:
         with self._lock:
             full = self._active >= self._gate.limit
             self._active += not full
+            self._gate.load(self._active)
         if full:
             self._gate.refuse(sock)
             return 0.0
@@ -417,6 +514,7 @@ class Server:
                     with self._lock:
                         self._served.discard(fd)
                         self._active -= 1
+                        self._gate.load(self._active)
                         self._changed.notify_all()
         finally:
             with self._lock:
@@ -429,13 +527,21 @@ class Server:
 
 
 _STOP_WAIT = 5.0  # the most shutdown() waits for each step that should be quick
+#: After the grace period, how long the sessions whose sockets were shut may take to
+#: end (those in a read end at once; one in a handler call is then abandoned).
+_CUT_WAIT = 0.5
 
 
-def serve(handler: Handler, **settings: Unpack[ServerSettings]) -> None:
-    """Run an LMTP server in this thread until interrupted. See ServerSettings."""
+def serve(
+    handler: Handler, *, handle_signals: bool = True, **settings: Unpack[ServerSettings]
+) -> None:
+    """Run an LMTP server in this thread until Server.shutdown() or Ctrl-C
+    (KeyboardInterrupt: a graceful stop, then serve() returns).
+
+    Until SIGTERM or SIGINT too, when it runs in the main thread and handle_signals
+    is true (the default): the server then stops gracefully (no new connections, the
+    socket file removed, 421 to idle sessions, `grace` seconds for transactions in
+    flight) and serve() returns. Pass handle_signals=False when the application
+    takes those signals itself. See ServerSettings for the settings."""
     settings_error("transports.blocking.serve", settings, server=True)
-    server = Server(handler, **settings)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        server.shutdown()
+    _serve.serve_blocking(Server(handler, **settings), handle_signals)

@@ -5,7 +5,8 @@ How it works: argparse parses; `send` calls the blocking driver and prints one l
 when a retry is needed (a temporary or unknown outcome, or no connection), 1 when every
 failure is permanent, 2 for usage and configuration errors; failures are explained in
 one line on stderr, never a traceback. `serve` runs the asyncio or trio server with a
-MaildirHandler through _serve.py (in one process, or in --workers processes), until
+MaildirHandler through _serve.py (in one process, or in --workers processes), on the
+socket systemd passed when started by socket activation (LISTEN_PID, LISTEN_FDS), until
 SIGTERM or SIGINT stops it gracefully: one line, exit 0. `demo` starts that receiver
 on a temporary UNIX socket and delivers a sample message to it. The protocol
 transcript of -v is the drivers' DEBUG log.
@@ -32,6 +33,7 @@ from lmtp_core import Limits, LocalProtocolError, Reply, Status, TransactionResu
 from . import blocking
 from ._config import endpoint_name, server_context
 from ._errors import ConfigurationError, ConnectError, SessionError, TLSError
+from ._listen import systemd_socket
 from ._serve import run, run_workers
 from ._session import Envelope
 from .maildir import MaildirHandler
@@ -118,7 +120,8 @@ def _parser() -> argparse.ArgumentParser:
         help="run an LMTP receiver that stores into a Maildir",
         description="Run an LMTP server that stores each message into DIR/<recipient>/new/ "
         "and answers each recipient once its copy is on disk. SIGTERM or SIGINT stop it "
-        "cleanly (exit 0).",
+        "cleanly (exit 0). Started by systemd socket activation, it serves the socket "
+        "systemd passes (and ignores --socket, --host and --port).",
         formatter_class=_Help,
     )
     serve.add_argument("--maildir", required=True, metavar="DIR", help="where to store mail")
@@ -361,8 +364,10 @@ def _serve(args: argparse.Namespace) -> int:
         return EX_USAGE
     try:
         tls = server_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+        activated = systemd_socket()
         settings: dict[str, Any] = dict(
-            socket_path=args.socket,
+            sock=activated,
+            socket_path=args.socket if activated is None else None,
             host=args.host,
             port=args.port,
             limits=Limits(max_message_size=args.max_size) if args.max_size else None,
@@ -378,8 +383,10 @@ def _serve(args: argparse.Namespace) -> int:
 
         def ready(address: Any) -> None:
             workers = f" ({args.workers} workers)" if args.workers > 1 else ""
-            _ready(address, args.maildir + workers)
+            systemd = " (from systemd)" if activated is not None else ""
+            _ready(address, systemd, args.maildir + workers)
 
+        signal_name: str | None
         if args.workers > 1:
             signal_name = run_workers(
                 args.workers, args.runtime, handler, settings, ready=ready, say=_say
@@ -400,7 +407,7 @@ def _serve(args: argparse.Namespace) -> int:
     except (ConfigurationError, OSError, ValueError) as exc:
         print(f"lmtp: {_listen_error(exc, args)}", file=sys.stderr)
         return EX_USAGE
-    print(f"lmtp: stopped ({signal_name})", file=sys.stderr)
+    print(f"lmtp: stopped ({signal_name or 'closed'})", file=sys.stderr)
     return EX_OK
 
 
@@ -418,13 +425,13 @@ def _listen_error(exc: Exception, args: argparse.Namespace) -> str:
     return str(exc)
 
 
-def _say(text: str) -> None:
+def _say(level: int, text: str) -> None:
     print(f"lmtp: {text}", file=sys.stderr, flush=True)
 
 
-def _ready(address: str | tuple[Any, ...], maildir: str) -> None:
+def _ready(address: str | tuple[Any, ...], how: str, maildir: str) -> None:
     where = address if isinstance(address, str) else endpoint_name(None, address[0], address[1])
-    print(f"lmtp: ready on {where}, storing into {maildir}", file=sys.stderr, flush=True)
+    print(f"lmtp: ready on {where}{how}, storing into {maildir}", file=sys.stderr, flush=True)
 
 
 SAMPLE = (

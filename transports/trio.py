@@ -14,9 +14,11 @@ flow and the per-connection server loop are the shared async ones (_async_client
 _async_server.py). trio has no read-ahead buffer of ours, so the core sees every byte
 and guards STARTTLS itself. The server runs under a nursery:
 `server = await nursery.start(Server(...).serve)`; one task accepts on each listening
-socket (_listen.py makes them and sets the rules), and the sessions run synchronous
-handler methods in trio.to_thread under a CapacityLimiter, their idle reads in a
-CancelScope that a shutdown cancels (_Sessions).
+socket (_listen.py makes them and sets the rules): it waits for readiness, then
+accept()s once, so that processes sharing the socket share its connections, and the
+sessions run synchronous handler methods in trio.to_thread under a CapacityLimiter,
+their idle reads in a CancelScope that a shutdown cancels (_Sessions). serve() stops
+the server on SIGTERM and SIGINT (_serve.py).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import trio
 
 from lmtp_core import MailFrom, RcptTo, TransactionResult
 
+from . import _serve
 from ._async_client import AsyncClient
 from ._async_pool import AsyncPool
 from ._async_server import serve_connection
@@ -200,21 +203,11 @@ class TrioBackend:
     def mutex(self) -> contextlib.nullcontext[None]:
         return contextlib.nullcontext()  # one event loop: no two tasks touch it at once
 
-    def every(self, interval: float, function: Callable[[], Awaitable[object]]) -> trio.CancelScope:
-        scope = trio.CancelScope()
-
-        async def run() -> None:
-            with scope:
-                while True:
-                    await trio.sleep(interval)
-                    try:
-                        await function()
-                    except Exception:  # a failing round must not end the loop
-                        log.exception("background task failed")
-
-        # A system task needs no nursery from the caller; cancel() ends it.
-        trio.lowlevel.spawn_system_task(run)
-        return scope
+    def every(self, interval: float, function: Callable[[], Awaitable[object]]) -> None:
+        # No background task: trio runs none outside the caller's nursery (a system task
+        # would defer Ctrl-C and miss the caller's context). The Pool reaps at the start
+        # of a delivery instead.
+        return None
 
     async def acquire(self, lock: trio.Lock | trio.Semaphore, timeout: float | None) -> None:
         # No cancel scope to make for a free slot (trio hands a released one to the
@@ -233,19 +226,22 @@ class TrioBackend:
         except trio.TooSlowError:
             raise TimeoutError("timed out") from None
 
+    async def sleep(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+
 
 class Client(AsyncClient):
     """One LMTP connection, opened on the first deliver() and reused after it.
     Safe to share between tasks: concurrent deliver() calls take turns."""
 
-    _backend = TrioBackend()
+    default_backend = TrioBackend()
 
 
 class Pool(AsyncPool):
     """Up to max_connections connections to one server, shared by concurrent
     deliveries; `async with Pool(...) as pool:` QUITs them on leaving. Task-safe."""
 
-    _backend = Client._backend
+    default_backend = Client.default_backend
 
 
 async def deliver(
@@ -306,8 +302,10 @@ class Server:
     it (server.address is then set); server.close() stops it, and serve() returns
     once the sessions have ended.
 
-    One task accepts on each listening socket, admits at most max_connections
-    sessions (past that 421 4.3.2) and pauses after a failure (Gate). Stopping closes
+    One task accepts on each listening socket, one connection per wake-up (see
+    _listen.py: a worker process leaves one to a less busy worker for a moment),
+    admits at most max_connections sessions (past that 421 4.3.2) and pauses after a
+    failure (Gate). Stopping closes
     the listening sockets and removes the socket file, answers idle sessions 421 at
     once, gives transactions in flight `grace` seconds, then cancels what is left."""
 
@@ -334,8 +332,7 @@ class Server:
             async with trio.open_nursery() as running:
                 async with trio.open_nursery() as accepting:
                     for sock in listening.sockets:
-                        listener = trio.socket.from_stdlib_socket(sock)
-                        accepting.start_soon(self._accept, listener, running)
+                        accepting.start_soon(self._accept, sock, running)
                     task_status.started(self)
                     await self._stop.wait()
                     accepting.cancel_scope.cancel()
@@ -355,38 +352,54 @@ class Server:
         else:
             self._stop.set()
 
-    async def _accept(self, listener: trio.socket.SocketType, running: trio.Nursery) -> None:
+    async def _accept(self, listener: socket.socket, running: trio.Nursery) -> None:
+        # One connection per wake-up: wait for readiness, then accept() once (the
+        # listening socket is non-blocking; another process may have taken it).
         while True:
+            await trio.lowlevel.wait_readable(listener)
+            if wait := self._gate.defer():  # a worker process less busy may take it
+                await trio.sleep(wait)
+                continue
             try:
-                sock, _ = await listener.accept()
-            except OSError as exc:
+                sock, _ = listener.accept()
+            except OSError as exc:  # BlockingIOError: taken; no pause
                 if pause := self._gate.failed(exc):
                     await trio.sleep(pause)
                 continue
             self._gate.accepted()
             if self._active >= self._gate.limit:
-                self._gate.refuse(socket.socket(fileno=sock.detach()))
+                self._gate.refuse(sock)
                 continue
             self._active += 1
+            self._gate.load(self._active)
             running.start_soon(self._connection, sock)
 
-    async def _connection(self, sock: trio.socket.SocketType) -> None:
+    async def _connection(self, sock: socket.socket) -> None:
         assert self._sessions is not None
         try:
-            stream = TrioStream(trio.SocketStream(sock))
+            stream = TrioStream(trio.SocketStream(trio.socket.from_stdlib_socket(sock)))
             await serve_connection(stream, self.config, self.handler, self._sessions)
         except Exception:  # a bug: it must not take the other sessions down
             log.exception("the session failed")
         finally:
             self._active -= 1
+            self._gate.load(self._active)
 
 
 async def serve(
     handler: Handler,
     *,
+    handle_signals: bool = True,
     task_status: Any = trio.TASK_STATUS_IGNORED,
     **settings: Unpack[ServerSettings],
 ) -> None:
-    """Run an LMTP server until cancelled. See ServerSettings for the settings."""
+    """Run an LMTP server until cancelled (`await nursery.start(serve, handler)`
+    returns the Server once it listens).
+
+    Until SIGTERM or SIGINT too, when it runs in the main thread and handle_signals
+    is true (the default): the server then stops gracefully (no new connections, the
+    socket file removed, 421 to idle sessions, `grace` seconds for transactions in
+    flight) and serve() returns. Pass handle_signals=False when the application
+    takes those signals itself. See ServerSettings for the settings."""
     settings_error("transports.trio.serve", settings, server=True)
-    await Server(handler, **settings).serve(task_status=task_status)
+    await _serve.serve_trio(Server(handler, **settings), handle_signals, task_status)

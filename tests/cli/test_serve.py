@@ -17,13 +17,15 @@ deadline, replies with socket timeouts.
 from __future__ import annotations
 
 import os
+import re
 import selectors
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,15 +37,22 @@ from tests.transports.servers import Raw, code_of
 from .test_cli import LMTP, MESSAGE, run
 
 RUNTIMES = ["asyncio", "trio"]
+STARTED = re.compile(r"lmtp: worker (\d+) \(pid (\d+)\) started\n")
 ENVELOPE = b"LHLO c.example\r\nMAIL FROM:<s@example.net>\r\nRCPT TO:<a@example.org>\r\n"
 
 
 class Serve:
-    """A running `lmtp serve`; its stderr read line by line, with deadlines."""
+    """A running `lmtp serve`; its stderr read line by line, with deadlines. `launch`
+    goes before the command (a program that execs it), `pass_fds` to Popen."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(
+        self, *args: str, launch: Sequence[str] = (), pass_fds: Sequence[int] = ()
+    ) -> None:
         self.proc = subprocess.Popen(
-            [*LMTP, "serve", *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
+            [*launch, *LMTP, "serve", *args],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            pass_fds=pass_fds,
         )
         self.lines: list[str] = []
         self.address = ""
@@ -93,8 +102,10 @@ class Serve:
 
 
 @contextmanager
-def serving(*args: str) -> Iterator[Serve]:
-    serve = Serve(*args)
+def serving(
+    *args: str, launch: Sequence[str] = (), pass_fds: Sequence[int] = ()
+) -> Iterator[Serve]:
+    serve = Serve(*args, launch=launch, pass_fds=pass_fds)
     try:
         ready = serve.wait_line(" ready on ")
         assert ready is not None, "".join(serve.lines)
@@ -215,14 +226,17 @@ def test_workers_share_the_socket_and_are_replaced_and_stopped(tmp_path: Path) -
     path = str(tmp_path / "s")
     send = ["send", "--from", "s@example.net", "--to", "a@example.org", "--socket", path]
     with serving("--maildir", str(tmp_path / "m"), "--socket", path, "--workers", "2") as serve:
-        pids = [int(line.split()[2]) for line in serve.lines if " started" in line]
-        assert len(pids) == 2 and "(2 workers)" in serve.lines[-1]
+        started = [STARTED.fullmatch(line) for line in serve.lines if " started" in line]
+        assert [m[1] for m in started if m] == ["1", "2"], serve.lines
+        pids = [int(m[2]) for m in started if m]
+        assert "(2 workers)" in serve.lines[-1]
         assert all(run(*send, stdin=MESSAGE).returncode == 0 for _ in range(4))
         os.kill(pids[0], signal.SIGKILL)
-        assert serve.wait_line(f"worker {pids[0]} was killed by SIGKILL") is not None
-        replaced = serve.wait_line(" started", start=len(serve.lines) - 1)
-        assert replaced is not None
-        new = int(replaced.split()[2])
+        killed = f"lmtp: worker 1 (pid {pids[0]}) was killed by SIGKILL"
+        assert serve.wait_line(killed) is not None
+        replaced = STARTED.fullmatch(serve.wait_line(" started", start=len(serve.lines) - 1) or "")
+        assert replaced is not None and replaced[1] == "1"  # it takes the number of the dead
+        new = int(replaced[2])
         assert new not in pids
         assert run(*send, stdin=MESSAGE).returncode == 0
         serve.proc.send_signal(signal.SIGTERM)
@@ -234,6 +248,51 @@ def test_workers_share_the_socket_and_are_replaced_and_stopped(tmp_path: Path) -
             os.kill(pid, 0)  # every worker has ended and been reaped
     assert not os.path.exists(path)
     assert not any("Traceback" in line for line in serve.lines)
+
+
+#: What systemd does for a socket unit's service: the socket as descriptor 3, and
+#: LISTEN_PID naming the process that execs the server (exec keeps the pid).
+SOCKET_ACTIVATION = (
+    "import os, sys; os.dup2(int(sys.argv[1]), 3); "
+    "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1', LISTEN_FDNAMES='lmtp'); "
+    "os.execvp(sys.argv[2], sys.argv[2:])"
+)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_socket_passed_by_systemd_socket_activation(workers: str, tmp_path: Path) -> None:
+    path, ignored, maildir = str(tmp_path / "s"), str(tmp_path / "ignored"), tmp_path / "m"
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(path)  # systemd's: bound and listening before the service starts
+        listener.listen()
+        launch = [sys.executable, "-c", SOCKET_ACTIVATION, str(listener.fileno())]
+        args = ["--maildir", str(maildir), "--socket", ignored, "--workers", workers]
+        with serving(*args, launch=launch, pass_fds=[listener.fileno()]) as serve:
+            assert serve.address == f"{path} (from systemd)"
+            send = ["send", "--from", "s@example.net", "--to", "a@example.org", "--socket", path]
+            assert run(*send, stdin=MESSAGE).returncode == 0
+            serve.proc.send_signal(signal.SIGTERM)
+            status = serve.finish()
+        assert status == 0
+        assert serve.lines[-1] == "lmtp: stopped (SIGTERM)\n"
+        assert os.path.exists(path)  # systemd's socket file: never removed by the server
+        assert not os.path.exists(ignored)  # --socket gives way to the socket passed
+        assert len(list((maildir / "a@example.org" / "new").iterdir())) == 1
+
+
+def test_variables_naming_another_process_are_not_socket_activation(tmp_path: Path) -> None:
+    # LISTEN_PID of another process (a parent's, left in the environment): not ours.
+    path = str(tmp_path / "s")
+    leftover = (
+        "import os, sys; os.environ.update(LISTEN_PID='1', LISTEN_FDS='1'); "
+        "os.execvp(sys.argv[1], sys.argv[1:])"
+    )
+    launch = [sys.executable, "-c", leftover]
+    with serving("--maildir", str(tmp_path / "m"), "--socket", path, launch=launch) as serve:
+        assert serve.address == path
+        serve.proc.send_signal(signal.SIGTERM)
+        assert serve.finish() == 0
+    assert not os.path.exists(path)
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)

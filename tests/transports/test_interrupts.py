@@ -18,7 +18,7 @@ from transports import blocking
 def test_an_interrupt_just_after_the_turn_was_taken_does_not_hang_close(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    backend = blocking.Client._backend
+    backend = blocking.Client.default_backend
     real_acquire = backend.acquire
 
     def acquire_then_interrupted(lock: Any, timeout: float | None) -> None:
@@ -50,7 +50,7 @@ def test_an_interrupt_just_after_a_pool_slot_was_taken_does_not_hang_close(
     """The Pool's twin of the above: the slot taken just before the interrupt is held
     by no delivery, and close() (which waits for the deliveries in flight by taking
     every slot) used to wait for it forever."""
-    backend = blocking.Pool._backend
+    backend = blocking.Pool.default_backend
     real_acquire = backend.acquire
 
     def acquire_then_interrupted(lock: Any, timeout: float | None) -> None:

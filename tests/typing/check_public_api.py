@@ -8,7 +8,7 @@ here is collected by pytest (the name does not start with test_).
 from __future__ import annotations
 
 import socket
-from typing import assert_type
+from typing import IO, assert_type
 
 from lmtp_core import (
     Capabilities,
@@ -27,10 +27,25 @@ from lmtp_core import (
     Status,
     TransactionResult,
 )
-from transports import Handler, blocking, inline
+from transports import (
+    Envelope,
+    Handler,
+    SessionInfo,
+    blocking,
+    inline,
+    serve_workers,
+    systemd_socket,
+)
 from transports import asyncio as aio
 from transports import trio as tr
 from transports._config import Timeouts
+from transports.pytest_plugin import (
+    LMTPServer,
+    LMTPServerFactory,
+    LMTPTCPTestServer,
+    LMTPTestServer,
+    LMTPUnixTestServer,
+)
 
 
 def core_client(conn: ClientConnection) -> None:
@@ -95,6 +110,35 @@ class Checked(Handler):
         return None
 
 
+class WithSession(Handler):
+    """Overrides that ask for the session type-check against Handler's signatures."""
+
+    def mail_from(
+        self, sender: str, params: Params, *, session: SessionInfo | None = None
+    ) -> Reply | None:
+        assert session is not None
+        assert_type(session.peer, str)
+        assert_type(session.tls, bool)
+        assert_type(session.lhlo, str)
+        assert_type(session.name, str)
+        return None
+
+    async def deliver(self, envelope: Envelope, *, session: SessionInfo | None = None) -> None:
+        assert_type(envelope.message, IO[bytes] | None)
+
+
+def plugin(unix: LMTPUnixTestServer, tcp: LMTPTCPTestServer, factory: LMTPServerFactory) -> None:
+    assert_type(unix.socket_path, str)
+    assert_type(tcp.host, str)
+    assert_type(tcp.port, int)
+    recording: LMTPTestServer = unix
+    assert_type(recording.socket_path, str | None)
+    assert_type(factory(WithSession(), host="127.0.0.1", grace=1.0), LMTPServer)
+    assert_type(factory(limits=Limits(max_recipients=2)), LMTPTestServer)
+    assert_type(factory(Handler()).socket_path, str | None)
+    assert_type(factory(Handler()).stop(grace=0), None)
+
+
 async def servers(listener: socket.socket) -> None:
     with blocking.Server(
         Checked(), port=0, require_tls=False, max_connections=10, handler_threads=2, grace=1.0
@@ -103,6 +147,11 @@ async def servers(listener: socket.socket) -> None:
     async with aio.Server(Handler(), sock=listener, refusal_soft_limit=5, refusal_delay=0.5) as a:
         assert_type(await a.close(grace=0), None)
     assert_type(tr.Server(Handler(), socket_path="/s").close(grace=2), None)
+    assert_type(blocking.serve(Handler(), handle_signals=False, socket_path="/s"), None)
+    assert_type(await aio.serve(Handler(), handle_signals=True, grace=5.0), None)
+    assert_type(await tr.serve(Handler(), handle_signals=False, sock=listener), None)
+    assert_type(serve_workers(Handler(), 4, runtime="trio", socket_path="/s", grace=5.0), None)
+    assert_type(systemd_socket(), socket.socket | None)
     conn = ServerConnection("mx.example.org", require_tls=True, tls_available=True, busy=False)
     assert_type(conn.idle, bool)
     assert_type(conn.close_when_idle(), None)

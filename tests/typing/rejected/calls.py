@@ -5,9 +5,10 @@ from __future__ import annotations
 import trio
 
 from lmtp_core import MailFrom, Reply
-from transports import Handler, Timeouts, blocking
+from transports import Handler, Timeouts, blocking, serve_workers
 from transports import asyncio as aio
 from transports import trio as tr
+from transports.pytest_plugin import LMTPServerFactory, LMTPUnixTestServer
 
 
 def client_settings() -> None:
@@ -46,6 +47,15 @@ async def server_settings(handler: Handler) -> None:
     blocking.Server(handler, max_conections=10)  # E: call-arg
     aio.Server(handler, require_tls="yes")  # E: arg-type
     tr.Server(handler, sock="/s")  # E: arg-type
+    blocking.serve(handler, handle_signals="no")  # E: arg-type
+    serve_workers(handler, 2, runtime="gevent")  # E: arg-type
+    serve_workers(handler, 2, max_conections=10)  # E: call-arg
     async with trio.open_nursery() as nursery:
         nursery.start_soon(tr.Server(handler).serve)
     Reply(250, "2.0.0", "OK")
+
+
+def plugin(factory: LMTPServerFactory, server: LMTPUnixTestServer) -> None:
+    factory(Handler(), hots="127.0.0.1")  # E: call-overload
+    factory(Handler(), port="2424")  # E: call-overload
+    server.port + 1  # E: operator

@@ -1,0 +1,143 @@
+"""A backend that counts the driver's waits, for the cancellation tests.
+
+How it works. ``Checkpoints`` wraps a runtime's real network backend (real sockets,
+so that a leaked descriptor shows) and counts every call of the driver that can wait:
+connecting, each send and receive, the TLS upgrade, taking a lock or a pool slot,
+closing (async runtimes). At the ``cancel_at``-th of them it interrupts the delivery
+the way the runtime does: ``cancel()`` is called (asyncio: the running task cancels
+itself; trio: the test's cancel scope is cancelled) and the real call then runs, so
+the cancellation lands at its first wait (or, if it does not wait, at the next one);
+the blocking runtime raises KeyboardInterrupt instead of making the call, as Ctrl-C
+does while a thread is blocked. Anything the wrapper does not know (a method added to
+the backend later) is passed through uncounted; a test that drives cancellation to
+every point until a delivery completes with none left covers every counted wait,
+present and future.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["AsyncCheckpoints", "SyncCheckpoints"]
+
+
+class _Counter:
+    def __init__(self, cancel: Callable[[], None]) -> None:
+        self.cancel = cancel
+        self.cancel_at = 0  # 0: never
+        self.count = 0
+        self.fired = False
+        self.points: list[str] = []
+        self.at = ""  # the kind of wait it cancelled at
+
+    def arm(self, cancel_at: int) -> None:
+        self.cancel_at, self.count, self.fired, self.points = cancel_at, 0, False, []
+        self.at = ""
+
+    def hit(self, what: str) -> bool:
+        self.count += 1
+        self.points.append(what)
+        if self.count == self.cancel_at:
+            self.fired, self.at = True, what
+            return True
+        return False
+
+
+class AsyncCheckpoints(_Counter):
+    """The asyncio or trio backend `real`, counted."""
+
+    def __init__(self, real: Any, cancel: Callable[[], None]) -> None:
+        super().__init__(cancel)
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def point(self, what: str) -> None:
+        if self.hit(what):
+            self.cancel()
+
+    async def connect(self, config: Any, timeout: float) -> Any:
+        self.point("connect")
+        return _AsyncStream(await self._real.connect(config, timeout), self)
+
+    async def acquire(self, lock: Any, timeout: float | None) -> None:
+        self.point("acquire")
+        await self._real.acquire(lock, timeout)
+
+
+class _AsyncStream:
+    def __init__(self, real: Any, counter: AsyncCheckpoints) -> None:
+        self._real, self._counter = real, counter
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    async def send_all(self, data: bytes, timeout: float) -> None:
+        self._counter.point("send")
+        await self._real.send_all(data, timeout)
+
+    async def receive_some(self, timeout: float) -> bytes:
+        self._counter.point("receive")
+        data: bytes = await self._real.receive_some(timeout)
+        return data
+
+    async def start_tls(self, *args: Any, **kwargs: Any) -> _AsyncStream:
+        self._counter.point("start_tls")
+        return _AsyncStream(await self._real.start_tls(*args, **kwargs), self._counter)
+
+    async def aclose(self, forceful: bool = False) -> None:
+        self._counter.point("close")
+        await self._real.aclose(forceful)
+
+
+class SyncCheckpoints(_Counter):
+    """The blocking backend `real`, counted; KeyboardInterrupt in place of the Nth wait."""
+
+    def __init__(self, real: Any) -> None:
+        super().__init__(self._interrupt)
+        self._real = real
+
+    @staticmethod
+    def _interrupt() -> None:
+        raise KeyboardInterrupt
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def point(self, what: str) -> None:
+        if self.hit(what):
+            self.cancel()
+
+    def connect(self, config: Any, timeout: float) -> Any:
+        self.point("connect")
+        return _SyncStream(self._real.connect(config, timeout), self)
+
+    def acquire(self, lock: Any, timeout: float | None) -> None:
+        self.point("acquire")
+        self._real.acquire(lock, timeout)
+
+
+class _SyncStream:
+    def __init__(self, real: Any, counter: SyncCheckpoints) -> None:
+        self._real, self._counter = real, counter
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def send_all(self, data: bytes, timeout: float) -> None:
+        self._counter.point("send")
+        self._real.send_all(data, timeout)
+
+    def receive_some(self, timeout: float) -> bytes:
+        self._counter.point("receive")
+        data: bytes = self._real.receive_some(timeout)
+        return data
+
+    def start_tls(self, *args: Any, **kwargs: Any) -> _SyncStream:
+        self._counter.point("start_tls")
+        return _SyncStream(self._real.start_tls(*args, **kwargs), self._counter)
+
+    # close() is passed through: closing a socket never waits, so Ctrl-C has no wait
+    # to land in there.
