@@ -2,12 +2,17 @@
 
 How it works. The connection reads one command line at a time (only CRLF ends one; a
 line over Limits.command_line is discarded in bounded memory and answered 500 once)
-and dispatches on the verb through a table. It answers everything that is mechanics
-by itself, in order, into data_to_send(): LHLO and its extensions, HELO/EHLO (500:
-LMTP has only LHLO), NOOP, VRFY, RSET, QUIT, syntax (501/555) and sequence (503)
-errors, limits (452 too many recipients, 552 too large), STARTTLS. Policy is the
-application's: next_event() returns MailFrom or RcptTo and then Signal.PAUSED until
-the application send()s its Reply, so replies keep the order of pipelined commands.
+and looks its verb up in _TABLE, the (stage, verb) table below: where the verb is
+legal its handler runs (and checks the syntax); anywhere else the table's reply
+refuses it and the handler never runs. The stages are the states that read commands,
+MAIL split by what decides RCPT, DATA and BDAT (a recipient accepted, BINARYMIME, a
+BDAT chunk taken); `state` shows the coarse ServerState. The core answers everything
+that is mechanics by itself, in order, into data_to_send(): LHLO and its extensions,
+HELO/EHLO (500: LMTP has only LHLO), NOOP, VRFY, RSET, QUIT, syntax (501/555) and
+sequence (503) errors, limits (452 too many recipients, 552 too large), STARTTLS.
+Policy is the application's: next_event() returns MailFrom or RcptTo and then
+Signal.PAUSED until the application send()s its Reply, so replies keep the order of
+pipelined commands.
 
 The body (DATA or BDAT) is released as MessageData pieces as it arrives; EndOfData
 comes only once the message is whole, and the application then owes exactly one
@@ -107,10 +112,75 @@ ServerEvent = (
     | Signal
 )
 
+
+class _Stage(enum.IntEnum):
+    """Where a command line arrives: ServerState's NEED_LHLO and READY, and its MAIL
+    split by what decides RCPT, DATA and BDAT. The columns of _TABLE, in this order
+    (an IntEnum indexes a row directly: no hash call per command)."""
+
+    NEED_LHLO = 0  # before LHLO, and after STARTTLS
+    READY = 1  # after LHLO, no transaction
+    MAIL = 2  # MAIL accepted, no recipient yet
+    RCPT = 3  # a recipient accepted: DATA or BDAT may start the message
+    BINARY = 4  # a recipient accepted, BODY=BINARYMIME: BDAT only
+    CHUNKS = 5  # a BDAT chunk taken: more BDAT only, until LAST
+
+
+# The ServerState each stage shows.
+_STATE_OF = (
+    ServerState.NEED_LHLO,
+    ServerState.READY,
+    ServerState.MAIL,
+    ServerState.MAIL,
+    ServerState.MAIL,
+    ServerState.MAIL,
+)
+
 _OK = Reply(250, "2.0.0", "OK")
 _IDLE_STATES = (ServerState.NEED_LHLO, ServerState.READY)
 _BAD_SEQUENCE = "5.5.1"
 _SYNTAX = "5.5.4"
+
+_RUN = None  # legal: the verb's handler runs
+_SEND_LHLO = Reply(503, _BAD_SEQUENCE, "Send LHLO first")
+_NESTED = Reply(503, _BAD_SEQUENCE, "Nested MAIL command")
+_SEND_MAIL = Reply(503, _BAD_SEQUENCE, "Send MAIL first")
+_NO_RCPT = Reply(503, _BAD_SEQUENCE, "No valid recipients")
+_NOT_DATA = Reply(503, _BAD_SEQUENCE, "BINARYMIME and BDAT exclude DATA")
+_USE_LHLO = Reply(500, "5.5.1", "This is an LMTP server: use LHLO")
+_DATA_SYNTAX = Reply(501, _SYNTAX, "Syntax: DATA")
+
+# The (stage, verb) table: which command is legal when, and the reply that refuses it
+# everywhere else. What follows a refusal is the verb's (_COMMANDS, at the end):
+#   MAIL, RCPT, HELO, EHLO  the reply, counted against Limits.max_errors; the session
+#                           goes on.
+#   DATA                    the reply (501 instead when DATA has an argument, in every
+#                           stage) with "; closing the connection", then the session
+#                           ends: what follows may be a body sent before the 354.
+#   BDAT                    its size is read first (501 and the session ends when it
+#                           cannot be: the chunk's end is unknown), the chunk is read
+#                           and dropped, then the reply, counted.
+# A verb not in the table: 500 5.5.1 Unknown command, counted. Commands are read only
+# in these stages: in a body, a TLS handshake or after the end, there are none. Two
+# answers depend on TLS, not on the stage, and stay in their handler: MAIL before TLS
+# under require_tls (530 5.7.0), STARTTLS when TLS is active (503) or not offered (502).
+# fmt: off
+_TABLE: dict[str, tuple[Reply | None, ...]] = {
+    # verb       NEED_LHLO   READY       MAIL        RCPT        BINARY      CHUNKS
+    "LHLO":     (_RUN,       _RUN,       _RUN,       _RUN,       _RUN,       _RUN),
+    "MAIL":     (_SEND_LHLO, _RUN,       _NESTED,    _NESTED,    _NESTED,    _NESTED),
+    "RCPT":     (_SEND_MAIL, _SEND_MAIL, _RUN,       _RUN,       _RUN,       _SEND_MAIL),
+    "DATA":     (_SEND_MAIL, _SEND_MAIL, _NO_RCPT,   _RUN,       _NOT_DATA,  _NOT_DATA),
+    "BDAT":     (_SEND_MAIL, _SEND_MAIL, _NO_RCPT,   _RUN,       _RUN,       _RUN),
+    "RSET":     (_RUN,       _RUN,       _RUN,       _RUN,       _RUN,       _RUN),
+    "NOOP":     (_RUN,       _RUN,       _RUN,       _RUN,       _RUN,       _RUN),
+    "VRFY":     (_RUN,       _RUN,       _RUN,       _RUN,       _RUN,       _RUN),
+    "QUIT":     (_RUN,       _RUN,       _RUN,       _RUN,       _RUN,       _RUN),
+    "STARTTLS": (_RUN,       _RUN,       _RUN,       _RUN,       _RUN,       _RUN),
+    "HELO":     (_USE_LHLO,  _USE_LHLO,  _USE_LHLO,  _USE_LHLO,  _USE_LHLO,  _USE_LHLO),
+    "EHLO":     (_USE_LHLO,  _USE_LHLO,  _USE_LHLO,  _USE_LHLO,  _USE_LHLO,  _USE_LHLO),
+}
+# fmt: on
 
 
 # Addresses already found well-formed (the grammar and the length limits): the same
@@ -157,11 +227,11 @@ class ServerConnection:
         self._eof = False
         self._errors = 0
         self.state = ServerState.NEED_LHLO
+        self._stage = _Stage.NEED_LHLO  # where commands arrive (see _enter)
         # The transaction: accepted recipients and what MAIL declared.
         self._accepted = 0
         self._utf8 = False
         self._binary = False
-        self._bdat_used = False
         # The message being read: its size so far, checks, and the chunk in progress.
         self._size = 0
         self._long_line = False
@@ -172,7 +242,6 @@ class ServerConnection:
         self._bdat_left = 0
         self._bdat_last = False
         self._bdat_refused: Reply | None = None
-        self._resume_state = ServerState.READY
         if busy:
             refusal = Reply(421, "4.3.2", f"{hostname} Too many connections, try again later")
             self._reply(refusal)
@@ -202,7 +271,7 @@ class ServerConnection:
         if self.state is not ServerState.TLS_HANDSHAKE:
             raise LocalProtocolError("tls_established() without a StartTls")
         self._tls = True
-        self.state = ServerState.NEED_LHLO
+        self._enter(_Stage.NEED_LHLO)
 
     @property
     def owed_replies(self) -> int:
@@ -259,9 +328,11 @@ class ServerConnection:
             raise LocalProtocolError(f"a {reply.code} reply cannot answer MAIL, RCPT or a message")
         owed = self._owed.popleft()
         if owed is _Owed.MAIL and reply.is_positive:
-            self.state = ServerState.MAIL
+            self._enter(_Stage.MAIL)
         elif owed is _Owed.RCPT and reply.is_positive:
             self._accepted += 1
+            if self._accepted == 1:
+                self._enter(_Stage.BINARY if self._binary else _Stage.RCPT)
         self._reply(reply)
 
     # ---- commands ------------------------------------------------------------------
@@ -284,18 +355,27 @@ class ServerConnection:
             return True
         verb, _, arg = text.partition(" ")
         # str.upper() folds some non-ASCII letters into ASCII (dotless i -> "I").
-        handler = _COMMANDS.get(verb.upper()) if verb.isascii() else None
-        if handler is None:
+        command = _COMMANDS.get(verb.upper()) if verb.isascii() else None
+        if command is None:
             self._error(Reply(500, "5.5.1", "Unknown command"))
+            return True
+        refuse, cells = command
+        cell = cells[self._stage]
+        if isinstance(cell, Reply):
+            refuse(self, cell, text, arg)
         else:
-            handler(self, text, arg)
+            cell(self, text, arg)
         return True
+
+    def _refuse(self, reply: Reply, text: str, arg: str) -> None:
+        """A refusal from _TABLE: the reply, counted; the session goes on."""
+        self._error(reply)
 
     def _lhlo(self, text: str, arg: str) -> None:
         if not LHLO_DOMAIN.fullmatch(arg):
             return self._error(Reply(501, _SYNTAX, "Syntax: LHLO domain"))
         self._reset_transaction()
-        self.state = ServerState.READY
+        self._enter(_Stage.READY)
         ext = [
             "PIPELINING",
             "ENHANCEDSTATUSCODES",
@@ -310,14 +390,7 @@ class ServerConnection:
         self._reply(Reply(250, None, "\n".join([self._hostname, *ext])))
         self._events.append(Lhlo(arg))
 
-    def _helo(self, text: str, arg: str) -> None:
-        self._error(Reply(500, "5.5.1", "This is an LMTP server: use LHLO"))
-
     def _mail(self, text: str, arg: str) -> None:
-        if self.state is ServerState.NEED_LHLO:
-            return self._error(Reply(503, _BAD_SEQUENCE, "Send LHLO first"))
-        if self.state is not ServerState.READY:
-            return self._error(Reply(503, _BAD_SEQUENCE, "Nested MAIL command"))
         if self._require_tls and not self._tls:
             return self._error(Reply(530, "5.7.0", "Must issue a STARTTLS command first"))
         match = MAIL_FROM.fullmatch(text)
@@ -330,24 +403,34 @@ class ServerConnection:
         utf8 = any(key == "SMTPUTF8" for key, _ in params)
         if address and not self._address_ok(address, utf8, "5.1.7", "sender"):
             return
-        body = (dict(params).get("BODY") or "7BIT").upper()
-        if body not in ("7BIT", "8BITMIME", "BINARYMIME"):
-            return self._error(Reply(501, _SYNTAX, "BODY must be 7BIT, 8BITMIME or BINARYMIME"))
-        size = dict(params).get("SIZE")
-        if size is not None and not (size.isascii() and size.isdigit() and len(size) <= 18):
-            return self._error(Reply(501, _SYNTAX, "SIZE must be a number"))
-        if size is not None and int(size) > self._limits.max_message_size:
-            return self._reply(
-                Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
-            )
+        body = self._body_and_size(params)
+        if body is None:
+            return
         self._utf8 = utf8
         self._binary = body == "BINARYMIME"
         self._owed.append(_Owed.MAIL)
         self._events.append(MailFrom(address, params))
 
+    def _body_and_size(self, params: Params) -> str | None:
+        """MAIL's BODY (upper case, 7BIT when absent), or None once BODY or SIZE is
+        refused: 501 when malformed, 552 over Limits.max_message_size."""
+        declared = dict(params)
+        body = (declared.get("BODY") or "7BIT").upper()
+        if body not in ("7BIT", "8BITMIME", "BINARYMIME"):
+            self._error(Reply(501, _SYNTAX, "BODY must be 7BIT, 8BITMIME or BINARYMIME"))
+            return None
+        size = declared.get("SIZE")
+        if size is None:
+            return body
+        if not (size.isascii() and size.isdigit() and len(size) <= 18):
+            self._error(Reply(501, _SYNTAX, "SIZE must be a number"))
+            return None
+        if int(size) > self._limits.max_message_size:
+            self._reply(Reply(552, "5.3.4", "Message size exceeds fixed maximum message size"))
+            return None
+        return body
+
     def _rcpt(self, text: str, arg: str) -> None:
-        if self.state is not ServerState.MAIL or self._bdat_used:
-            return self._error(Reply(503, _BAD_SEQUENCE, "Send MAIL first"))
         match = RCPT_TO.fullmatch(text)
         if match is None:
             return self._error(Reply(501, _SYNTAX, "Syntax: RCPT TO:<address> [parameters]"))
@@ -364,51 +447,48 @@ class ServerConnection:
         self._events.append(RcptTo(match["path"], params))
 
     def _data(self, text: str, arg: str) -> None:
-        # A refused DATA ends the session: what follows it may be a body sent before
-        # the 354 (RFC 2920 6: DATA is the last command of a group), never commands.
         if arg:
-            return self._refuse_data(Reply(501, _SYNTAX, "Syntax: DATA"))
-        if self.state is not ServerState.MAIL:
-            return self._refuse_data(Reply(503, _BAD_SEQUENCE, "Send MAIL first"))
-        if not self._accepted:
-            return self._refuse_data(Reply(503, _BAD_SEQUENCE, "No valid recipients"))
-        if self._binary or self._bdat_used:
-            return self._refuse_data(Reply(503, _BAD_SEQUENCE, "BINARYMIME and BDAT exclude DATA"))
+            return self._refuse_data(_DATA_SYNTAX, text, arg)
         self._start_body()
         self._decoder = DataDecoder()
-        self.state = ServerState.DATA
+        self.state = ServerState.DATA  # the stage stays RCPT until the end of the message
         self._reply(Reply(354, None, "End data with <CR><LF>.<CR><LF>"))
 
-    def _refuse_data(self, reply: Reply) -> None:
+    def _refuse_data(self, reply: Reply, text: str, arg: str) -> None:
+        """DATA refused ends the session: what follows it may be a body sent before the
+        354 (RFC 2920 6: DATA is the last command of a group), never commands. An
+        argument is refused first, wherever DATA comes."""
+        if arg:
+            reply = _DATA_SYNTAX
         refusal = Reply(reply.code, reply.enhanced, f"{reply.text}; closing the connection")
         self._reply(refusal)
         self._close("DATA refused", refusal)
 
     def _bdat(self, text: str, arg: str) -> None:
+        if self._stage is not _Stage.CHUNKS:  # the first chunk starts the message
+            self._enter(_Stage.CHUNKS)
+            self._start_body()
+        self._chunk(None, text, arg)
+
+    def _chunk(self, refusal: Reply | None, text: str, arg: str) -> None:
+        """BDAT's size and LAST, read before anything else: the chunk comes next, into
+        the message, or (refused by _TABLE) dropped before the refusal is sent."""
         match = BDAT.fullmatch(text)
         if match is None:  # the chunk's length is unknown: framing is lost
-            refusal = Reply(501, _SYNTAX, "Syntax: BDAT size [LAST]")
-            self._reply(refusal)
-            return self._close("BDAT without a valid size", refusal)
+            closing = Reply(501, _SYNTAX, "Syntax: BDAT size [LAST]")
+            self._reply(closing)
+            return self._close("BDAT without a valid size", closing)
         self._bdat_left = int(match["size"])
         self._bdat_last = match["last"] is not None
-        self._bdat_refused = None
-        if self.state is not ServerState.MAIL:
-            self._bdat_refused = Reply(503, _BAD_SEQUENCE, "Send MAIL first")
-        elif not self._accepted:
-            self._bdat_refused = Reply(503, _BAD_SEQUENCE, "No valid recipients")
-        elif not self._bdat_used:
-            self._bdat_used = True
-            self._start_body()
-        self._resume_state = self.state
-        self.state = ServerState.BDAT
+        self._bdat_refused = refusal
+        self.state = ServerState.BDAT  # back to the stage's state after the chunk
 
     def _rset(self, text: str, arg: str) -> None:
         if arg:
             return self._error(Reply(501, _SYNTAX, "Syntax: RSET"))
         self._reset_transaction()
-        if self.state is not ServerState.NEED_LHLO:
-            self.state = ServerState.READY
+        if self._stage is not _Stage.NEED_LHLO:
+            self._enter(_Stage.READY)
         self._reply(_OK)
         self._events.append(Rset())
 
@@ -443,24 +523,14 @@ class ServerConnection:
         if not text:
             return ()
         params: list[tuple[str, str | None]] = []
-        for word in (text or "").split(" "):
+        for word in text.split(" "):
             if not word:
                 continue
-            key, eq, value = word.partition("=")
-            if not ESMTP_KEYWORD.fullmatch(key) or (eq and not ESMTP_VALUE.fullmatch(value)):
-                self._error(Reply(501, _SYNTAX, f"Invalid parameter {_printable(word[:40])}"))
+            param = _param(word, allowed, params)
+            if isinstance(param, Reply):
+                self._error(param)
                 return None
-            key = key.upper()
-            if key not in allowed:
-                self._error(Reply(555, _SYNTAX, f"Unsupported parameter {key}"))
-                return None
-            if any(key == seen for seen, _ in params):
-                self._error(Reply(501, _SYNTAX, f"Duplicate parameter {key}"))
-                return None
-            if (key == "SMTPUTF8") == bool(eq):
-                self._error(Reply(501, _SYNTAX, f"Invalid parameter {key}"))
-                return None
-            params.append((key, value if eq else None))
+            params.append(param)
         utf8 = self._utf8 or any(key == "SMTPUTF8" for key, _ in params)
         if not utf8 and not text_is_ascii(text):
             self._error(Reply(501, _SYNTAX, "Non-ASCII parameters need SMTPUTF8"))
@@ -523,7 +593,7 @@ class ServerConnection:
                 self._body_piece(piece)
             if self._bdat_left:
                 return True
-        self.state = self._resume_state
+        self._enter(self._stage)  # the stage the chunk came in (CHUNKS once one is taken)
         if self._bdat_refused is not None:
             self._error(self._bdat_refused)
         elif self._bdat_last:
@@ -563,7 +633,7 @@ class ServerConnection:
         refusal = self._refusal()
         recipients = self._accepted
         self._reset_transaction()
-        self.state = ServerState.READY
+        self._enter(_Stage.READY)
         if refusal is not None:
             for _ in range(recipients):
                 self._reply(refusal)
@@ -574,11 +644,15 @@ class ServerConnection:
 
     # ---- helpers -------------------------------------------------------------------
 
+    def _enter(self, stage: _Stage) -> None:
+        """Commands arrive in `stage` from now on; `state` shows its ServerState."""
+        self._stage = stage
+        self.state = _STATE_OF[stage]
+
     def _reset_transaction(self) -> None:
         self._accepted = 0
         self._utf8 = False
         self._binary = False
-        self._bdat_used = False
 
     def _reply(self, reply: Reply) -> None:
         self._out += write_reply(reply)
@@ -608,11 +682,29 @@ def text_is_ascii(text: str | None) -> bool:
     return text is None or text.isascii()
 
 
+def _param(
+    word: str, allowed: set[str], seen: list[tuple[str, str | None]]
+) -> tuple[str, str | None] | Reply:
+    """One ESMTP parameter (keyword upper-cased), or the reply that refuses it."""
+    key, eq, value = word.partition("=")
+    if not ESMTP_KEYWORD.fullmatch(key) or (eq and not ESMTP_VALUE.fullmatch(value)):
+        return Reply(501, _SYNTAX, f"Invalid parameter {_printable(word[:40])}")
+    key = key.upper()
+    if key not in allowed:
+        return Reply(555, _SYNTAX, f"Unsupported parameter {key}")
+    if any(key == earlier for earlier, _ in seen):
+        return Reply(501, _SYNTAX, f"Duplicate parameter {key}")
+    if (key == "SMTPUTF8") == bool(eq):
+        return Reply(501, _SYNTAX, f"Invalid parameter {key}")
+    return key, (value if eq else None)
+
+
 _Handler = Callable[[ServerConnection, str, str], None]
-_COMMANDS: dict[str, _Handler] = {
+_Refuser = Callable[[ServerConnection, Reply, str, str], None]
+# Each verb's handler, run where _TABLE says the verb is legal (HELO and EHLO are legal
+# nowhere and have none).
+_HANDLERS: dict[str, _Handler] = {
     "LHLO": ServerConnection._lhlo,
-    "HELO": ServerConnection._helo,
-    "EHLO": ServerConnection._helo,
     "MAIL": ServerConnection._mail,
     "RCPT": ServerConnection._rcpt,
     "DATA": ServerConnection._data,
@@ -622,4 +714,20 @@ _COMMANDS: dict[str, _Handler] = {
     "VRFY": ServerConnection._vrfy,
     "QUIT": ServerConnection._quit,
     "STARTTLS": ServerConnection._starttls,
+}
+# What a refusal from _TABLE does, where it is more than the reply counted against
+# Limits.max_errors (ServerConnection._refuse): the two verbs that must settle what
+# follows them (see _TABLE's comment).
+_REFUSERS: dict[str, _Refuser] = {
+    "DATA": ServerConnection._refuse_data,
+    "BDAT": ServerConnection._chunk,
+}
+# What _read_command looks up: by verb, its refuser and its cells by _Stage, each the
+# handler (legal there) or the Reply that refuses the command.
+_COMMANDS: dict[str, tuple[_Refuser, tuple[_Handler | Reply, ...]]] = {
+    verb: (
+        _REFUSERS.get(verb, ServerConnection._refuse),
+        tuple(_HANDLERS[verb] if cell is _RUN else cell for cell in row),
+    )
+    for verb, row in _TABLE.items()
 }

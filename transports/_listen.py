@@ -28,7 +28,11 @@ DEFER_STEP and takes the connection itself after DEFER_MAX, and then defers to t
 others only once their counts have moved (a worker whose event loop is stuck must not
 slow every connection down). With it, 90 runs of 90 split 4 and 4.
 
-Gate holds what every accept loop does the same way. refuse() answers a connection
+The accept loops are ours, not the runtime's (asyncio's start_server(), trio's
+serve_listeners(), socketserver), because they carry policy those have no place for:
+the connection limit answered with 421 before any greeting, the pause after EMFILE and
+its kin, one connection per wake-up and the deferral above for fair spreading across
+workers. Gate holds what every accept loop does the same way. refuse() answers a connection
 past max_connections with the core's 421 4.3.2 in place of the greeting, written
 without blocking, and closes it (over implicit TLS it only closes: the client waits
 for a handshake). failed() turns an accept() failure (EMFILE, ENFILE, ENOBUFS, ENOMEM,

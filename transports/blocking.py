@@ -450,7 +450,8 @@ class Server:
         for _ in workers:
             self._queue.put(None)
         for worker in workers:
-            worker.join(max(end - time.monotonic(), 0.0))
+            if worker is not threading.current_thread():  # shutdown() from a handler
+                worker.join(max(end - time.monotonic(), 0.0))
         with contextlib.suppress(queue.Empty):
             while True:  # accepted, never served (no thread could be started)
                 if (sock := self._queue.get_nowait()) is not None:

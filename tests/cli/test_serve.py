@@ -6,9 +6,12 @@ transaction in flight finishes and is stored, the socket file goes, exit status 
 last line and no traceback. Starting where a live server answers, or on a path that is
 not a socket, fails with exit 2 and one line naming the path (the file is kept); a stale
 socket is replaced. --max-connections, --require-tls and --recipients do what they say.
---workers 2 serves from two processes, replaces a worker killed with SIGKILL, and stops
-them all on SIGTERM. A Maildir delivery fsyncing a large message for many recipients
-holds up no other connection.
+--workers 2 serves from two processes, replaces a worker killed with SIGKILL (under its
+number), and stops them all on SIGTERM. Started by systemd socket activation (the
+socket as descriptor 3, LISTEN_PID and LISTEN_FDS set as systemd sets them, with one
+process or two), it serves the socket passed instead of --socket and leaves its file;
+LISTEN_PID naming another process is no activation. A Maildir delivery fsyncing a large
+message for many recipients holds up no other connection.
 
 Every wait is bounded: lines are read from the server's stderr with a selector and a
 deadline, replies with socket timeouts.

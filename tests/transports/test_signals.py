@@ -12,7 +12,7 @@ thread) does the same. handle_signals=False leaves the signal to the process (SI
 kills it), and serve() away from the main thread leaves the signals alone and serves.
 
 Every wait is bounded: the pipe and the child's exit with deadlines, replies with
-socket timeouts; the only polling is for the socket file to appear.
+socket timeouts; the only polling is for the server to take connections at all.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import os
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -70,7 +71,7 @@ class Child:
         os.close(release)
 
     def wait_listening(self) -> None:
-        self._until(lambda: os.path.exists(self.path))
+        self._until(lambda: listening(self.path))
 
     def wait_log(self, pattern: str, count: int = 1) -> list[re.Match[str]]:
         """The first `count` matches of `pattern` in the child's log, waiting for them."""
@@ -99,6 +100,17 @@ class Child:
             self.proc.wait(10)
         os.close(self._entered)
         os.close(self._release)
+
+
+def listening(path: str) -> bool:
+    """Whether a server takes connections on `path` (the file exists from bind() on,
+    before listen())."""
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False
+    return True
 
 
 @contextmanager
@@ -237,7 +249,7 @@ def test_serve_away_from_the_main_thread_leaves_the_signals_alone(
     thread.start()
     try:
         end = time.monotonic() + WAIT
-        while not os.path.exists(sock_path) and thread.is_alive() and time.monotonic() < end:
+        while not listening(sock_path) and thread.is_alive() and time.monotonic() < end:
             time.sleep(0.01)
         result = blocking.deliver(MESSAGE, "s@example.net", RECIPIENTS, socket_path=sock_path)
         assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
