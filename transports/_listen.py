@@ -14,8 +14,8 @@ process), to be given as `sock`.
 
 Spreading connections over processes that share one listening socket (workers, or
 several servers on one systemd socket): each process is woken for a new connection,
-and the first to call accept() gets it. So every accept loop takes at most
-ACCEPT_BATCH (1) connections per wake-up before it waits for readiness again, as nginx
+and the first to call accept() gets it. So every accept loop takes one connection
+per wake-up before it waits for readiness again, as nginx
 does by default (multi_accept off), for the cost of one readiness check per
 connection: a loop that drained the queue per wake-up, as asyncio's own does, left all
 8 of 8 sessions to one of 2 workers in 5 of 20 runs. One per wake-up alone still gave
@@ -58,12 +58,10 @@ from typing import Any
 
 from ._config import ServerConfig
 
-__all__ = ["ACCEPT_BATCH", "LOG_INTERVAL", "Gate", "Listening", "Loads", "systemd_socket"]
+__all__ = ["LOG_INTERVAL", "Gate", "Listening", "Loads", "systemd_socket"]
 
 LOG_INTERVAL = 10.0
 PAUSE_MIN, PAUSE_MAX = 0.01, 1.0
-#: Connections an accept loop takes per wake-up: few, to spread them over processes.
-ACCEPT_BATCH = 1
 #: A worker busier than another leaves a waiting connection to it: it looks again
 #: every DEFER_STEP seconds and takes the connection itself after DEFER_MAX.
 DEFER_STEP, DEFER_MAX = 0.005, 0.1
@@ -257,7 +255,6 @@ class Gate:
         self._failures = _Throttle(LOG_INTERVAL)
         self._loads = Loads.current
         self._waiting_since: float | None = None  # deferring the connection waiting
-        self._last_check = -math.inf
         self._unanswered: tuple[int, ...] | None = None
 
     def load(self, sessions: int) -> None:
@@ -278,9 +275,8 @@ class Gate:
             self._waiting_since = None
             return 0.0
         now = time.monotonic()
-        if self._waiting_since is None or now - self._last_check > 2 * DEFER_STEP:
-            self._waiting_since = now  # a connection we had not deferred yet
-        self._last_check = now
+        if self._waiting_since is None:  # reset only by an accept or by no longer busier
+            self._waiting_since = now
         if now - self._waiting_since < DEFER_MAX:
             return DEFER_STEP
         self._unanswered, self._waiting_since = others, None

@@ -97,7 +97,8 @@ class SyncPool:
         self._idle: list[tuple[SyncConnection, float]] = []  # most recently used last
         self._busy = 0  # connections being opened or used
         self._closed = False
-        self._reaper: Any = None
+        self._reaper: Any = None  # the runtime's background reaper, if it runs one
+        self._reaper_asked = False
         self._next_reap = time.monotonic() + self.pool_config.idle_timeout / 2
         self._withheld = 0  # slots kept out of use after a 421 as a session opened
         self._grow_at = 0.0  # when the next withheld slot may be given back
@@ -134,12 +135,21 @@ class SyncPool:
         body = prepare(message)
         deadline, started = Deadline(self.config.timeouts.total), time.monotonic()
         self._start_reaper()
-        self._reap_due()
+        if self._reaper is None:  # no reaper in the background (trio): this is it
+            self._reap_due(deadline)
         retry: _Retry | None = None
         while True:
             if not self._take_slot(deadline, retry):
                 assert retry is not None
                 return retry.outcome()  # no slot came before the bound
+            if self._closing():  # close() gave back the slots it took: none is for us
+                self._slots.release()
+                if retry is not None:
+                    return retry.outcome()
+                raise PoolTimeout(
+                    f"the pool was closed while this delivery waited for a connection "
+                    f"to {self.config.endpoint}"
+                )
             connection = self._checkout(deadline)
             if isinstance(connection, LMTPError):  # turned away: try again later
                 retry = retry or _Retry(deadline, self.pool_config.wait_timeout, started)
@@ -158,6 +168,11 @@ class SyncPool:
                 return result
             log.info("[%s] lost before the server could store it: sending again", connection.id)
             body = again
+
+    def _closing(self) -> bool:
+        """close() was called (a method: mypy would take an attribute read before an
+        for the same value after it)."""
+        return self._closed
 
     def _pause(self, retry: _Retry, outcome: LMTPError | TransactionResult) -> bool:
         """The pause before another attempt; False when there is to be none (past the
@@ -319,20 +334,22 @@ class SyncPool:
     # ---- the reaper ---------------------------------------------------------------
 
     def _start_reaper(self) -> None:
-        if self._reaper is None and not self._closed:
+        if not self._reaper_asked and not self._closed:
+            self._reaper_asked = True
             interval = self.pool_config.idle_timeout / 2
             self._reaper = self._backend.every(interval, self._reap)
 
-    def _reap_due(self) -> None:
-        """Reap at a delivery's start when a reaper's round is due: where the runtime
-        runs no reaper (trio), this is the reaper."""
+    def _reap_due(self, deadline: Deadline) -> None:
+        """Reap at a delivery's start when a reaper's round is due, within the
+        delivery's deadline: where the runtime runs no reaper (trio), this is it."""
         now = time.monotonic()
         if now >= self._next_reap:
             self._next_reap = now + self.pool_config.idle_timeout / 2
-            self._reap()
+            self._reap(deadline)
 
-    def _reap(self) -> None:
-        """QUIT the connections idle for longer than idle_timeout or too old."""
+    def _reap(self, deadline: Deadline | None = None) -> None:
+        """QUIT the connections idle for longer than idle_timeout or too old (each QUIT
+        bounded by `command` and by `deadline`)."""
         cfg, now = self.pool_config, time.monotonic()
         with self._mutex:
             stale = [
@@ -345,7 +362,7 @@ class SyncPool:
             while stale:
                 connection = stale.pop()[0]
                 log.debug("[%s] idle for too long: closing", connection.id)
-                connection.close()
+                connection.close(deadline=deadline)
         finally:  # cancelled (the pool is closing): the rest at once
             for connection, _ in stale:
                 connection.close(quit=False)
@@ -355,20 +372,27 @@ class _Retry:
     """One delivery's further attempts: the pause before the next one, the bound no
     pause may end past, and the last attempt's outcome, which stands when they stop."""
 
-    __slots__ = ("_pause", "end", "last")
+    __slots__ = ("_broken", "_pause", "end", "last")
 
     def __init__(self, deadline: Deadline, wait_timeout: float, started: float) -> None:
         remaining = deadline.remaining()
         self.end = started + wait_timeout if remaining is None else time.monotonic() + remaining
         self._pause = _BACKOFF[0]
+        self._broken = False  # a protocol error was tried again already
         self.last: LMTPError | TransactionResult | None = None
 
     def left(self) -> float:
         return max(self.end - time.monotonic(), 0.0)
 
     def pause(self, backend: SyncBackend, outcome: LMTPError | TransactionResult) -> bool:
-        """Sleep before the next attempt; False at once when it would end past the bound."""
+        """Sleep before the next attempt; False at once when it would end past the bound,
+        or on a second protocol error (a server that breaks the protocol twice is
+        broken, not busy: once may be a 421 the core took for a reply too many)."""
         self.last = outcome
+        if isinstance(outcome, SessionError) and outcome.error is not None:
+            if self._broken:
+                return False
+            self._broken = True
         pause = random.uniform(self._pause / 2, self._pause)
         if time.monotonic() + pause >= self.end:
             return False

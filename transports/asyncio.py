@@ -19,7 +19,7 @@ it had been encrypted, so the TLS layer gets a new reader: the client refuses by
 unread in the old one (fed minus taken) and the server drops them with it (STARTTLS
 injection). No private attribute of asyncio is read.
 The Server accepts in a reader callback on its listening sockets (_listen.py makes
-them and sets the rules; ACCEPT_BATCH connections per wake-up, and a worker busier
+them and sets the rules; one connection per wake-up, and a worker busier
 than another leaves a connection to it, so that processes sharing a socket share its
 connections), runs each session as a task, and lends the sessions a pool of daemon
 threads for synchronous handler methods (a call abandoned after the grace period must
@@ -49,7 +49,7 @@ from ._async_client import AsyncClient
 from ._async_pool import AsyncPool
 from ._async_server import serve_connection
 from ._config import ClientConfig, ClientSettings, ServerConfig, ServerSettings, settings_error
-from ._listen import ACCEPT_BATCH, Gate, Listening
+from ._listen import Gate, Listening
 from ._message import Message
 from ._net import Poller, peer_name
 from ._plain import PlainStream, unix_socket
@@ -419,7 +419,9 @@ class _HandlerThreads(Executor):
         self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = (
             queue.SimpleQueue()
         )
-        self._idle = threading.Semaphore(0)  # released by each thread that waits
+        # One token per thread that finished a call and waits for the next: submit()
+        # takes one or starts a thread (as ThreadPoolExecutor counts its idle ones).
+        self._idle = threading.Semaphore(0)
         self._started = 0
 
     def submit(  # type: ignore[override]  # positional only, as the callers use it
@@ -433,20 +435,16 @@ class _HandlerThreads(Executor):
         return future
 
     def _work(self) -> None:
-        while True:
-            self._idle.release()
-            item = self._calls.get()
-            if item is None:
-                return
+        while (item := self._calls.get()) is not None:
             call, future = item
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                result = call()
-            except BaseException as exc:  # the session sees it, as from any executor
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = call()
+                except BaseException as exc:  # the session sees it, as from any executor
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+            self._idle.release()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Cancel the calls not begun and end the threads once they are free (the
@@ -514,7 +512,7 @@ class Server:
     """An LMTP server on asyncio: `async with Server(...) as server:` starts it, and
     leaving the block (or close()) stops it.
 
-    It accepts in a reader callback on each listening socket (ACCEPT_BATCH per
+    It accepts in a reader callback on each listening socket (one per
     wake-up, so that processes sharing the socket share the connections),
     admits at most max_connections sessions (one task each; past that 421 4.3.2) and
     pauses accepting after a failure (Gate). close() stops accepting and removes the
@@ -582,29 +580,28 @@ class Server:
             self._closed.set()
 
     def _accept(self, listener: socket.socket) -> None:
-        for _ in range(ACCEPT_BATCH):  # few: other processes may share the socket
-            if wait := self._gate.defer():  # a worker less busy may take it
-                self._pause(listener, wait)
-                return
-            try:
-                sock, _ = listener.accept()
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                if pause := self._gate.failed(exc):
-                    self._pause(listener, pause)
-                    return
-                continue
-            self._gate.accepted()
-            if len(self._tasks) >= self._gate.limit:
-                self._gate.refuse(sock)
-                continue
-            sock.setblocking(False)
-            assert self._loop is not None
-            task = self._loop.create_task(self._connection(sock))
-            self._tasks.add(task)
-            self._gate.load(len(self._tasks))
-            task.add_done_callback(self._ended)
+        # One connection per wake-up: other processes may share the socket (_listen.py).
+        if wait := self._gate.defer():  # a worker less busy may take it
+            self._pause(listener, wait)
+            return
+        try:
+            sock, _ = listener.accept()
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if pause := self._gate.failed(exc):
+                self._pause(listener, pause)
+            return
+        self._gate.accepted()
+        if len(self._tasks) >= self._gate.limit:
+            self._gate.refuse(sock)
+            return
+        sock.setblocking(False)
+        assert self._loop is not None
+        task = self._loop.create_task(self._connection(sock))
+        self._tasks.add(task)
+        self._gate.load(len(self._tasks))
+        task.add_done_callback(self._ended)
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

@@ -217,7 +217,8 @@ class _Repeater:
     def __init__(self, interval: float, function: Callable[[], object]) -> None:
         self._stop = threading.Event()
         self._interval, self._function = interval, function
-        threading.Thread(target=self._run, name="lmtp-repeater", daemon=True).start()
+        self._thread = threading.Thread(target=self._run, name="lmtp-repeater", daemon=True)
+        self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
@@ -227,7 +228,11 @@ class _Repeater:
                 log.exception("background task failed")
 
     def cancel(self) -> None:
+        """Stop, and wait (bounded) for a round under way: a pool closing must not
+        return while its reaper still QUITs connections it took."""
         self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(_STOP_WAIT)
 
 
 class Client(SyncClient):
@@ -356,7 +361,9 @@ class Server:
         self._grace: float | None = None
         self._serving: int | None = None  # the thread in serve_forever(), if any
         self._accepting = threading.Lock()  # held while serve_forever() runs
-        self._finishing = threading.Lock()  # held while the graceful stop runs
+        # Held while the graceful stop runs. Re-entrant: a signal handler calling
+        # shutdown() in the thread already stopping returns at once (_finished).
+        self._finishing = threading.RLock()
         self._finished = False
         self._background: threading.Thread | None = None
 

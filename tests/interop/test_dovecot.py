@@ -273,9 +273,10 @@ def test_each_outcome_in_order_with_bdat(
         assert sessions[0].sent_texts() == [b"LHLO localhost", b"STARTTLS"]
         assert b"250 STARTTLS" in sessions[0].lhlo_reply()
         assert sessions[0].reply_texts()[-1] == b"220 2.0.0 Begin TLS negotiation now."
-        assert sessions[1] == session
+        # What was sent is compared: Dovecot may log its 221 to QUIT between two reads.
+        assert sessions[1].sent == session.sent
     else:
-        assert sessions == [session]
+        assert [s.sent for s in sessions] == [session.sent]
     assert not any(b"STARTTLS" in line for line in lhlo)
 
 

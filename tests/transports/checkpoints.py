@@ -1,20 +1,20 @@
 """A backend that counts the driver's waits, for the cancellation tests.
 
-How it works. ``Checkpoints`` wraps a runtime's real network backend (real sockets,
-so that a leaked descriptor shows) and counts every call of the driver that can wait:
-connecting, each send and receive, the TLS upgrade, taking a lock or a pool slot,
-closing (async runtimes). At the ``cancel_at``-th of them it interrupts the delivery
-right there, the way the runtime does: asyncio cancels the running task and yields
-(CancelledError comes out of that yield), trio cancels the test's scope and passes a
-checkpoint (Cancelled), the blocking runtime raises KeyboardInterrupt in place of the
-call (Ctrl-C while a thread is blocked). Right there, whatever the timing: a cancel
-left to land at the next real wait would land nowhere when the peer's bytes are
-already in (the fast path does not wait), and the points a run reaches would depend on
-the machine's load. Waits that are cancelled inside the runtime's own wait are tested
-on real waits (test_cancellation.py). Anything the wrapper does not know (a method
-added to the backend later) is passed through uncounted; a test that drives
-cancellation to every point until a delivery completes with none left covers every
-counted wait, present and future.
+How it works. ``Checkpoints`` wraps a runtime's real network backend (real sockets, so
+that a leaked descriptor shows) and counts every call of the driver that can wait:
+connecting, each send and receive, the TLS upgrade, taking a lock or a pool slot, a
+Pool's pause before it tries again, closing (async runtimes). At the ``cancel_at``-th of
+them it interrupts the delivery right there, the way the runtime does: asyncio cancels
+the running task and yields (CancelledError comes out of that yield), trio cancels the
+test's scope and passes a checkpoint (Cancelled), the blocking runtime raises
+KeyboardInterrupt in place of the call (Ctrl-C while a thread is blocked). Right there,
+whatever the timing: a cancel left to land at the next real wait would land nowhere when
+the peer's bytes are already in (the fast path does not wait), and the points a run
+reaches would depend on the machine's load. Waits that are cancelled inside the
+runtime's own wait are tested on real waits (test_cancellation.py). Anything the wrapper
+does not know (a method added to the backend later) is passed through uncounted; a test
+that drives cancellation to every point until a delivery completes with none left covers
+every counted wait, present and future.
 """
 
 from __future__ import annotations
@@ -70,6 +70,10 @@ class AsyncCheckpoints(_Counter):
         await self.point("acquire")
         await self._real.acquire(lock, timeout)
 
+    async def sleep(self, seconds: float) -> None:
+        await self.point("sleep")
+        await self._real.sleep(seconds)
+
 
 class _AsyncStream:
     def __init__(self, real: Any, counter: AsyncCheckpoints) -> None:
@@ -123,6 +127,10 @@ class SyncCheckpoints(_Counter):
     def acquire(self, lock: Any, timeout: float | None) -> None:
         self.point("acquire")
         self._real.acquire(lock, timeout)
+
+    def sleep(self, seconds: float) -> None:
+        self.point("sleep")
+        self._real.sleep(seconds)
 
 
 class _SyncStream:

@@ -6,10 +6,13 @@ steps: ``REFUSE`` makes that connect fail (ConnectionRefusedError); bytes are wh
 peer says next (one receive returns one step); ``PAUSE`` is a wait that outlasts its
 timeout (the receive raises TimeoutError at once: no clock, no sleep); ``RESET`` makes
 the receive fail with ConnectionResetError; ``SEND_FAILS`` makes the next send fail
-(BrokenPipeError, its bytes known unsent); ``EOF`` is the peer hanging up. What the
-client sends is recorded per connection in ``sent``. Nothing here waits, starts a
-thread or opens a socket, so a test that uses it is exact and instant; the real
-backends are proven by the tests on real sockets.
+(BrokenPipeError, its bytes known unsent); ``END_MAY_HAVE_LEFT`` makes the send that
+carries the end of the data fail with the stream unable to tell whether its bytes left
+(unsent() False); ``EOF`` is the peer hanging up. What the client sends is recorded
+per connection in ``sent``, and each pause the backend was asked for in ``slept`` (a
+Pool's backoff: recorded, not slept). Nothing here waits, starts a thread or opens a
+socket, so a test that uses it is exact and instant; the real backends are proven by
+the tests on real sockets.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from transports import blocking
 from transports import trio as lmtp_trio
 
 __all__ = [
+    "END_MAY_HAVE_LEFT",
     "EOF",
     "PAUSE",
     "REFUSE",
@@ -39,6 +43,7 @@ __all__ = [
 ]
 
 REFUSE, PAUSE, RESET, SEND_FAILS, EOF = "refuse", "pause", "reset", "send fails", "eof"
+END_MAY_HAVE_LEFT = "end may have left"
 
 GREETING = b"220 scripted LMTP\r\n"
 LHLO = b"250-scripted\r\n250-PIPELINING\r\n250 ENHANCEDSTATUSCODES\r\n"
@@ -67,6 +72,7 @@ class _Play:
     steps: list[Any]
     sent: list[bytes] = field(default_factory=list)
     closed: bool = False
+    left_unknown: bool = False  # the last failed send may have reached the peer
     tls = False
 
     def send(self, data: bytes) -> None:
@@ -75,6 +81,14 @@ class _Play:
         if self.steps and self.steps[0] == SEND_FAILS:
             self.steps.pop(0)
             raise BrokenPipeError("scripted: the send failed")
+        if (
+            self.steps
+            and self.steps[0] == END_MAY_HAVE_LEFT
+            and (data == b".\r\n" or data.endswith(b"\r\n.\r\n"))
+        ):
+            self.steps.pop(0)
+            self.left_unknown = True
+            raise BrokenPipeError("scripted: the send failed, maybe after it left")
         self.sent.append(data)
 
     def receive(self) -> bytes:
@@ -104,6 +118,7 @@ class _Scripts:
     def __init__(self, scripts: Iterable[list[Any]]) -> None:
         self._scripts = [list(script) for script in scripts]
         self.plays: list[_Play] = []
+        self.slept: list[float] = []
 
     def _connect(self) -> _Play:
         if not self._scripts:
@@ -134,6 +149,9 @@ class AsyncScripted(_Scripts):
     async def connect(self, config: Any, timeout: float) -> _AsyncStream:
         return _AsyncStream(self._connect())
 
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
 
 class _AsyncStream:
     def __init__(self, play: _Play) -> None:
@@ -143,7 +161,7 @@ class _AsyncStream:
         self._play.send(data)
 
     def unsent(self) -> bool:
-        return True
+        return not self._play.left_unknown
 
     async def receive_some(self, timeout: float) -> bytes:
         return self._play.receive()
@@ -174,6 +192,9 @@ class SyncScripted(_Scripts):
     def connect(self, config: Any, timeout: float) -> _SyncStream:
         return _SyncStream(self._connect())
 
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
 
 class _SyncStream:
     def __init__(self, play: _Play) -> None:
@@ -183,7 +204,7 @@ class _SyncStream:
         self._play.send(data)
 
     def unsent(self) -> bool:
-        return True
+        return not self._play.left_unknown
 
     def receive_some(self, timeout: float) -> bytes:
         return self._play.receive()

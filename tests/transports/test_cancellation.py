@@ -122,12 +122,25 @@ def delivered(result: Any) -> bool:
 
 
 def held(target: Any) -> int:
-    """Descriptors the target may hold now: its open connections."""
+    """Descriptors the target may hold now: its open connections. A Pool with no
+    delivery in flight has every slot free and counts nothing busy."""
     if isinstance(target, lmtp_asyncio.Pool | lmtp_trio.Pool | blocking.Pool):
         assert target.busy == 0, "a cancelled delivery still counts as busy"
         assert target.open == target.idle
+        assert target._withheld == 0
+        assert free_slots(target) == target.pool_config.max_connections, "a slot leaked"
         return int(target.open)
     return 1 if target._connection is not None else 0
+
+
+def free_slots(pool: Any) -> int:
+    """The free slots of a Pool's semaphore, whichever runtime's it is."""
+    slots = pool._slots
+    if isinstance(slots, trio.Semaphore):
+        return int(slots.value)
+    if isinstance(slots, threading.Semaphore):
+        return int(slots._value)
+    return int(slots._free)  # transports._slots.Slots
 
 
 # ---- every counted wait, in each runtime --------------------------------------------------
@@ -216,11 +229,10 @@ async def drive(  # noqa: PLR0917
         fired, where = counter.fired, f"cancelled at wait {n}: {counter.points}"
         last = counter.at
         counter.arm(0)
-        if not step:  # completed: before its nth wait, or with no wait left to cancel
+        if not step:  # completed before its nth wait: there is none left to cancel
+            assert not fired, f"the cancellation was swallowed: {where}"
             assert descriptors() == baseline, where
-            if not fired:
-                return run
-            continue
+            return run
         run.cancelled.append(last)
         assert descriptors() - baseline <= held(target), where
         if step == "deliver":

@@ -12,7 +12,18 @@ from lmtp_core import Stage, Status
 from transports import ConnectError, SessionError, Timeout
 
 from .runtimes import RUNTIMES
-from .scripted import EOF, GREETING, LHLO, PAUSE, REFUSE, RESET, SEND_FAILS, deliver, dialogue
+from .scripted import (
+    END_MAY_HAVE_LEFT,
+    EOF,
+    GREETING,
+    LHLO,
+    PAUSE,
+    REFUSE,
+    RESET,
+    SEND_FAILS,
+    deliver,
+    dialogue,
+)
 
 pytestmark = pytest.mark.parametrize("runtime", RUNTIMES)
 
@@ -92,4 +103,66 @@ def test_a_pooled_connection_the_server_closed_while_idle_is_replaced(runtime: s
     (one, two), backend = deliver(runtime, [first, dialogue()], deliveries=2, pool=True)
     assert statuses(one) == [Status.DELIVERED]
     assert statuses(two) == [Status.DELIVERED]
+    assert len(backend.plays) == 2
+
+
+# ---- the Pool trying again (a server full, stopping or restarting) ---------------------
+
+
+def test_a_refused_connection_is_tried_again_after_a_pause(runtime: str) -> None:
+    (result,), backend = deliver(runtime, [[REFUSE], [REFUSE], dialogue()], pool=True)
+    assert statuses(result) == [Status.DELIVERED]
+    assert len(backend.slept) == 2
+    assert 0 < backend.slept[0] <= backend.slept[1] * 2  # backing off, with jitter
+
+
+def test_a_421_greeting_is_tried_again(runtime: str) -> None:
+    busy = [b"421 4.3.2 too many connections\r\n"]
+    (result,), backend = deliver(runtime, [busy, dialogue()], pool=True)
+    assert statuses(result) == [Status.DELIVERED]
+    assert len(backend.slept) == 1
+
+
+def test_a_refusal_that_does_not_pass_is_not_tried_again(runtime: str) -> None:
+    (error,), backend = deliver(runtime, [[b"554 5.3.2 go away\r\n"]], pool=True)
+    assert isinstance(error, SessionError)
+    assert backend.slept == []
+
+
+def test_a_server_that_breaks_the_protocol_twice_is_not_tried_a_third_time(
+    runtime: str,
+) -> None:
+    nonsense = [b"HELLO THERE\r\n"]
+    (error,), backend = deliver(runtime, [nonsense, nonsense, dialogue()], pool=True)
+    assert isinstance(error, SessionError)
+    assert len(backend.plays) == 2
+    assert len(backend.slept) == 1
+
+
+def test_lost_before_the_data_went_out_is_sent_again_on_a_new_connection(
+    runtime: str,
+) -> None:
+    cut = [GREETING, LHLO, b"250 2.1.0 ok\r\n", RESET]
+    (result,), backend = deliver(runtime, [cut, dialogue()], pool=True)
+    assert statuses(result) == [Status.DELIVERED]
+    assert sum(b"".join(p.sent).count(b"MAIL FROM") for p in backend.plays) == 2
+
+
+def test_an_end_of_data_that_may_have_left_is_never_sent_again(runtime: str) -> None:
+    # The write carrying the end of the data fails and the stream cannot tell whether
+    # it left: the server may have the message, so it is UNKNOWN and not sent again.
+    maybe = [GREETING, LHLO, b"250 2.1.0 ok\r\n", b"250 2.1.5 ok\r\n", b"354 go\r\n"]
+    maybe.append(END_MAY_HAVE_LEFT)
+    (result,), backend = deliver(runtime, [maybe, dialogue()], pool=True)
+    assert statuses(result) == [Status.UNKNOWN]
+    assert len(backend.plays) == 1
+    assert backend.slept == []
+
+
+def test_an_end_of_data_known_unsent_is_sent_again(runtime: str) -> None:
+    # The same write fails before the kernel took it (SEND_FAILS: unsent): nothing can
+    # have been stored, so the message goes again on a new connection.
+    unsent = [GREETING, LHLO, b"250 2.1.0 ok\r\n", b"250 2.1.5 ok\r\n", b"354 go\r\n"]
+    (result,), backend = deliver(runtime, [[*unsent, SEND_FAILS], dialogue()], pool=True)
+    assert statuses(result) == [Status.DELIVERED]
     assert len(backend.plays) == 2

@@ -259,3 +259,60 @@ def test_serve_away_from_the_main_thread_leaves_the_signals_alone(
     assert not raised
     assert [r.status for r in result.recipients] == [Status.DELIVERED] * 2
     assert not os.path.exists(sock_path)
+
+
+REENTRY = r"""
+import os, signal, sys, threading, time
+from transports import Handler, blocking
+
+entered = threading.Event()
+
+class Held(Handler):
+    def deliver(self, envelope):
+        entered.set()
+        time.sleep(30)  # a delivery still in flight when the grace period ends
+
+server = blocking.Server(Held(), socket_path=sys.argv[1], grace=float(sys.argv[2]))
+
+def client():
+    try:
+        blocking.deliver(b"Subject: x\r\n\r\nx\r\n", "a@example.org", ["b@example.org"],
+                         socket_path=sys.argv[1], timeout=10)
+    except Exception:
+        pass
+
+def interrupt():  # Ctrl-C once the delivery is in flight
+    if entered.wait(10):
+        os.kill(os.getpid(), signal.SIGINT)
+
+threading.Thread(target=client, daemon=True).start()
+threading.Thread(target=interrupt, daemon=True).start()
+# The application's own handler calls shutdown() too; its signal comes while the
+# shutdown() after Ctrl-C waits for the delivery in flight, in the same thread.
+signal.signal(signal.SIGALRM, lambda *_: server.shutdown())
+try:
+    server.serve_forever()
+except KeyboardInterrupt:
+    pass
+signal.setitimer(signal.ITIMER_REAL, 0.2)
+started = time.monotonic()
+server.shutdown()
+print(round(time.monotonic() - started, 2), flush=True)
+"""
+
+
+def test_shutdown_again_from_a_signal_handler_in_the_stopping_thread(tmp_path: Path) -> None:
+    """A second shutdown() in the thread whose shutdown() is already stopping the
+    server (a signal handler) returns at once; the first then ends after the grace
+    period as usual (it deadlocked on its own lock)."""
+    grace = 1.0
+    done = subprocess.run(
+        [sys.executable, "-c", REENTRY, str(tmp_path / "s.sock"), str(grace)],
+        capture_output=True,
+        text=True,
+        timeout=grace + 20,
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert grace <= float(done.stdout.strip()) < grace + 5.0
