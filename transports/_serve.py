@@ -371,6 +371,8 @@ def run_workers(
         for pid in workers:  # only after a failure here: stop them, as a stop would
             _kill(pid, signal.SIGTERM)
         listening.close()
+        while signal.sigtimedwait(waited, 0) is not None:  # a second signal during the stop:
+            pass  # taken here, not delivered (and fatal) once the mask is restored
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 

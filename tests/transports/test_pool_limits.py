@@ -184,7 +184,9 @@ def test_a_server_that_stays_down_fails_at_the_bound(runtime: str, sock_path: st
                 pool.deliver(message(1), ["down@example.org"])
             waited = time.monotonic() - start
             assert caught.type is ConnectError
-            assert 0.15 <= waited <= 1.0, (settings, waited)
+            # Not before the bound (0.4 s, less one last pause of at most half of it);
+            # the upper margin is generous: a loaded machine schedules late.
+            assert 0.15 <= waited <= 3.0, (settings, waited)
             assert pool.stat("open") == 0
 
 
