@@ -52,7 +52,8 @@ nitpicky = True
 # names stay plain text. Private modules are mapped to the public names by lmtpdocs.
 nitpick_ignore_regex = [
     (r"py:.*", r"(collections\.abc|typing|typing_extensions|types)\..*"),
-    (r"py:.*", r"(ssl|socket|email|os|io|enum|pathlib|logging|concurrent|asyncio)(\..*)?"),
+    (r"py:.*", r"(ssl|socket|email|os|io|enum|pathlib|logging|concurrent)(\..*)?"),
+    (r"py:.*", r"(asyncio|contextlib|smtplib|atexit)(\..*)?"),
     (r"py:.*", r"(trio|pytest|_pytest)(\..*)?"),
     (r"py:.*", r"(Unpack|Self|ClassVar|IO|Any|TypeAlias|Awaitable)(\[.*)?"),
     # inline()'s type variable: the decorator returns the method it was given.

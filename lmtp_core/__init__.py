@@ -1,6 +1,6 @@
 """lmtp_core: a sans-I/O LMTP (RFC 2033) protocol core, client and server roles.
 
-Re-exports only; see the README for how to drive a connection. COMPILED is True when
+Re-exports only; docs/guide/sansio.rst shows how to drive a connection. COMPILED is True when
 the package runs compiled by mypyc (the optional accelerated build, docs/guide/compiled.rst).
 """
 

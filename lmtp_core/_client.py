@@ -4,15 +4,23 @@ How it works. The connection keeps a queue of what each expected reply answers
 (_Await: LHLO, MAIL, RCPT i, DATA, one BDAT chunk, one final reply per accepted
 recipient, ...), in the order the commands were written. next_event() pops replies off
 the receive buffer and applies each to the head of that queue, so pairing is purely
-positional however the replies were split across reads. A reply can only answer
-something already written, so the client also notes, with every receive_data(), how
-many replies were due when those bytes arrived (one per command data_to_send() has
-handed out; any number once the end of data is out). In a transaction, bytes left in
-the buffer after the last reply due at their arrival answer nothing sent yet: paired
-with the next command or the body they would shift every outcome by one (a false
-DELIVERED), so the client closes (RemoteProtocolError) before writing what they would
-seem to answer. A 421 is exempt, as the server may say it is closing at any time; a
-driver must write data_to_send() before it reads, as next_event() says.
+positional however the replies were split across reads. What a reply does is one
+lookup in _REPLIES, the table at the end of this module: for each thing awaited, the
+codes it may get and the method each one runs. A code it may not get (a 3xx but 354 to
+DATA, a 2xx to DATA) is a RemoteProtocolError; in a transaction a 421 settles what it
+answers, then everyone else as if the connection had ended. Within a transaction,
+_Step names what the client writes next (the envelope, the body asked for, chunks left,
+the end of data queued, then handed out, an RSET); ClientState is what a driver sees.
+
+A reply can only answer something already written, so the client also notes, with
+every receive_data(), how many replies were due when those bytes arrived (one per
+command data_to_send() has handed out; any number once the end of data is out). In a
+transaction, bytes left in the buffer after the last reply due at their arrival answer
+nothing sent yet: paired with the next command or the body they would shift every
+outcome by one (a false DELIVERED), so the client closes (RemoteProtocolError) before
+writing what they would seem to answer. A 421 is exempt, as the server may say it is
+closing at any time; a driver must write data_to_send() before it reads, as
+next_event() says.
 
 With PIPELINING, MAIL, every RCPT and DATA (or the first BDAT chunk) go out as one
 write; without it, one command waits for the previous reply. The body is asked for
@@ -25,8 +33,8 @@ abort or a failed write, the transaction in progress is settled by Transaction.l
 and returned as a TransactionResult, then ConnectionClosed; the client never raises for
 the peer's faults. A 421 reply settles things the same way, since the server is closing.
 Whether the end of data may have reached the server decides UNKNOWN against TEMPORARY:
-it counts as written once data_to_send() handed it out, unless send_failed() then says
-that very write failed.
+it counts as written once data_to_send() handed it out (END_SENT), unless send_failed()
+then says that very write failed.
 
 For the driver's deadlines: `phase` names what is awaited (DATA_END as soon as the end
 of data is out, whatever reply comes first), and `replies_received` grows with every
@@ -37,8 +45,9 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from ._body import BodyEncoder, LongLines
 from ._buffer import ReceiveBuffer
@@ -65,7 +74,7 @@ class ClientState(enum.Enum):
     CONNECTING = "connecting"  # greeting, LHLO and STARTTLS are under way
     TLS_HANDSHAKE = "tls_handshake"  # the driver is starting TLS
     READY = "ready"  # idle: start_transaction() or quit() may be called
-    TRANSACTION = "transaction"
+    TRANSACTION = "transaction"  # its finer states are the _Step below
     CLOSING = "closing"  # QUIT sent, waiting for its reply
     CLOSED = "closed"
 
@@ -85,31 +94,68 @@ class Phase(enum.Enum):
     COMMAND = "command"  # RSET, QUIT
 
 
-class _Await(enum.IntEnum):  # an int's hash: _PLAIN and _PHASE look these up per reply
+class _Await(enum.IntEnum):  # an int's hash: _REPLIES and _PHASE look these up per reply
+    """What a reply due answers: the rows of _REPLIES."""
+
     GREETING = enum.auto()
     LHLO = enum.auto()
     STARTTLS = enum.auto()
     MAIL = enum.auto()
     RCPT = enum.auto()
     DATA = enum.auto()
-    BDAT = enum.auto()
-    BDAT_LAST = enum.auto()
-    FINAL = enum.auto()
+    BDAT = enum.auto()  # a chunk before the last
+    BDAT_LAST = enum.auto()  # the last chunk: its reply is the first recipient's final one
+    FINAL = enum.auto()  # an accepted recipient's reply after the data
     RSET = enum.auto()
     QUIT = enum.auto()
 
 
+class _Step(enum.IntEnum):  # an int's hash: the sets below are looked up per event
+    """A transaction's finer state (ClientState.TRANSACTION): what it writes next. The
+    queue of _Await says what the replies still due answer. How each state is reached:
+
+        ENVELOPE    start_transaction() (but for pipelined BDAT)
+        HELD        start_transaction() with PIPELINING and BDAT
+        BODY        354 to DATA; BDAT without PIPELINING: the last RCPT reply, someone
+                    accepted; HELD: next_event() wrote the envelope and a full chunk
+        HELD_ENDED  HELD: end_body()
+        ENDED       BDAT: end_body(); HELD_ENDED: the first of several chunks written
+        END_QUEUED  DATA: end_body(); BDAT: next_event() wrote the last chunk
+        END_SENT    END_QUEUED: data_to_send() handed it out
+        RSET        the outcomes are in and the server holds a transaction (END_QUEUED
+                    stays so, RSET queued behind it, when a server answers early)
+        NONE        the transaction ended, or the connection did
+
+    With BDAT, next_event() writes a chunk once it is full (or the body complete) and
+    no other reply is due, the first one at once; so each waits for the previous reply.
+    """
+
+    NONE = enum.auto()  # no transaction
+    ENVELOPE = enum.auto()  # MAIL, RCPT, DATA: all out with PIPELINING, else one per reply
+    HELD = enum.auto()  # the body is asked for; the envelope waits for the first BDAT chunk
+    BODY = enum.auto()  # the body is asked for (Signal.NEED_BODY)
+    HELD_ENDED = enum.auto()  # HELD, the body complete: envelope and first chunk go together
+    ENDED = enum.auto()  # BDAT, the body complete: chunks of it are left to write
+    END_QUEUED = enum.auto()  # the end of data is queued, withdrawn if the connection ends
+    END_SENT = enum.auto()  # the end of data was handed out: the replies after it are due
+    RSET = enum.auto()  # the outcomes are in; RSET is queued or awaits its reply
+
+
+# (Final, here and below: a compiled build reads them as C statics, not module globals.)
+_ASKING: Final = frozenset({_Step.HELD, _Step.BODY})  # send_body(), end_body() may be called
+# The body is not all out: next_event() asks for it (Signal.NEED_BODY) or writes a chunk.
+_IN_BODY: Final = frozenset({_Step.HELD, _Step.BODY, _Step.HELD_ENDED, _Step.ENDED})
+_HOLDING: Final = frozenset({_Step.HELD, _Step.HELD_ENDED})  # the envelope is not out yet
+_AT_END: Final = frozenset({_Step.END_QUEUED, _Step.END_SENT})  # every reply waits on it
+
 # Replies due once the end of data is out: one per accepted recipient, not known yet.
 # (Below 2**62, so that a compiled build keeps it an unboxed int.)
-_ANY = 1 << 60
+_ANY: Final = 1 << 60
 
 # What is awaited once the end of data is out (the last thing awaited until then).
-_AFTER_DATA = frozenset({_Await.FINAL, _Await.BDAT_LAST})
+_AFTER_DATA: Final = frozenset({_Await.FINAL, _Await.BDAT_LAST})
 
-# Replies that need no more than _on_transaction_reply() unless they are 3xx or 421.
-_PLAIN = frozenset({_Await.MAIL, _Await.RCPT, _Await.BDAT, _Await.BDAT_LAST, _Await.FINAL})
-
-_PHASE = {
+_PHASE: Final = {
     _Await.GREETING: Phase.GREETING,
     _Await.LHLO: Phase.LHLO,
     _Await.STARTTLS: Phase.STARTTLS,
@@ -263,6 +309,61 @@ def _unoffered(params: Params, caps: Capabilities) -> str | None:
     return None
 
 
+def _checked_envelope(
+    sender: str | MailFrom, recipients: Sequence[str | RcptTo]
+) -> tuple[MailFrom, tuple[RcptTo, ...], dict[str, str | None], str]:
+    """The envelope as events, its MAIL parameters by keyword and its BODY type, once
+    all that is misuse whatever the server (LocalProtocolError) was ruled out."""
+    mail = sender if isinstance(sender, MailFrom) else MailFrom(sender)
+    rcpts = tuple(r if isinstance(r, RcptTo) else RcptTo(r) for r in recipients)
+    if not rcpts:
+        raise LocalProtocolError("a transaction needs at least one recipient")
+    _check_address(mail.address, "sender")
+    if mail.params:
+        _check_params(mail.params)
+    for rcpt in rcpts:
+        _check_address(rcpt.address, "recipient")
+        if rcpt.params:
+            _check_params(rcpt.params)
+    params = {key.upper(): value for key, value in mail.params}
+    body = (params.get("BODY") or "7BIT").upper()
+    if body not in _BODY_NEEDS:
+        raise LocalProtocolError(f"unknown BODY type {body!r}")
+    return mail, rcpts, params, body
+
+
+def _refusal(
+    mail: MailFrom,
+    caps: Capabilities,
+    *,
+    size: int | None,
+    body: str,
+    eight_bit: bool | None,
+    nul: bool | None,
+) -> str | None:
+    """Why this server cannot take the message at all (see start_transaction()), or
+    None. `body` is the BODY type that will be declared."""
+    if not mail.address.isascii() and "SMTPUTF8" not in caps:
+        return "the sender's address needs SMTPUTF8, which the server did not offer"
+    if mail.params and (why := _unoffered(mail.params, caps)) is not None:
+        return why
+    if size is not None and caps.size is not None and size > caps.size:
+        return f"the message ({size} octets) is over the server's SIZE limit ({caps.size})"
+    if eight_bit and body == "7BIT":
+        return (
+            "the message has 8-bit bytes but BODY=7BIT was declared"
+            if "8BITMIME" in caps
+            else "the message has 8-bit bytes and the server did not offer 8BITMIME"
+        )
+    if body == "BINARYMIME":
+        return (
+            None
+            if "CHUNKING" in caps
+            else "BODY=BINARYMIME needs CHUNKING, which the server did not offer"
+        )
+    return "the message has NUL bytes, which only BODY=BINARYMIME can carry" if nul else None
+
+
 class ClientConnection:
     """The sans-I/O LMTP client. See the module comment for how it works."""
 
@@ -296,15 +397,10 @@ class ClientConnection:
         # The transaction in progress, and how its commands and body go out.
         self._txn: Transaction | None = None
         self._encoder: BodyEncoder | None = None
-        self._pipelined = False
-        self._rcpt_lines: list[str] = []  # without pipelining: sent one reply at a time
-        self._held = ""  # with pipelining and BDAT: the envelope, sent with the first chunk
-        self._bdat: bytearray | None = None  # body gathered for the next BDAT chunk
-        self._body_open = False  # the driver is to feed the body now
-        self._body_ended = False
-        self._rset_due = False
-        self._end_queued = False  # the end of data is in _out, not yet handed out
-        self._end_in_last = False  # ... was in the last data_to_send() result
+        self._step = _Step.NONE
+        self._rcpt_lines: list[str] = []  # without PIPELINING: sent one reply at a time
+        self._held = ""  # HELD: the envelope, to go out with the first chunk
+        self._bdat: bytearray | None = None  # BDAT: the body gathered for the next chunk
         self.replies_received = 0
         self._trace: list[tuple[str, str]] | None = [] if trace else None
         # Replies ahead of their command (see the module comment): how many replies are
@@ -350,8 +446,9 @@ class ClientConnection:
         tell whether its writes went out (buffered I/O) calls abort() instead."""
         if self.state is not ClientState.CLOSED:
             txn = self._txn
-            # A final reply already read proves the end of data arrived after all.
-            if self._end_in_last and txn is not None and not txn.finals:
+            # END_SENT: that write carried the end of data (nothing is written after it
+            # but an RSET), unless a final reply already read proves it arrived.
+            if self._step is _Step.END_SENT and txn is not None and not txn.finals:
                 txn.end_sent = False
             self._lose(reason)
 
@@ -378,20 +475,19 @@ class ClientConnection:
             return b""
         data = out[0] if len(out) == 1 else b"".join(out)  # one piece: no copy at all
         out.clear()
-        self._end_in_last = self._end_queued
         # Every reply queued is now due, but those to an envelope held back for the first
         # BDAT chunk; while the replies after the data are awaited, one per accepted
         # recipient: any number (until the transaction ends, where the surplus is caught).
-        awaiting, txn = self._awaiting, self._txn
+        awaiting, txn, step = self._awaiting, self._txn, self._step
         if awaiting and awaiting[-1] in _AFTER_DATA:  # the end of data is out
             self._due = _ANY
         else:
-            held = 1 + len(txn.sent) if self._held and txn is not None else 0
+            held = 1 + len(txn.sent) if step in _HOLDING and txn is not None else 0
             self._due = self.replies_received + len(awaiting) - held
-        if self._end_queued:
-            self._end_queued = False
-            assert self._txn is not None  # settling a transaction withdraws its end
-            self._txn.end_sent = True
+        if step is _Step.END_QUEUED:
+            self._step = _Step.END_SENT
+            assert txn is not None  # END_QUEUED is a transaction's
+            txn.end_sent = True
         return data
 
     @property
@@ -406,11 +502,10 @@ class ClientConnection:
         server may hold back even its MAIL and RCPT replies until then): DATA_END."""
         if self._awaiting:
             head = self._awaiting[0]
-            txn = self._txn
-            if txn is not None and (txn.end_sent or self._end_queued) and head is not _Await.RSET:
+            if self._step in _AT_END and head is not _Await.RSET:
                 return Phase.DATA_END
             return _PHASE[head]
-        return Phase.DATA_BLOCK if self._body_open else Phase.COMMAND
+        return Phase.DATA_BLOCK if self._step in _IN_BODY else Phase.COMMAND
 
     def next_event(self) -> ClientEvent:
         """Ready, TransactionResult, StartTls, ConnectionClosed or a Signal.
@@ -422,11 +517,12 @@ class ClientConnection:
         while not self._events:
             if self.state is ClientState.CLOSED:
                 raise LocalProtocolError("next_event() after ConnectionClosed")
-            if self._body_open:
+            step = self._step
+            if step in _IN_BODY:
                 bdat = self._bdat
-                if bdat is None or (len(bdat) < self._limits.bdat_chunk and not self._body_ended):
+                if bdat is None or (step in _ASKING and len(bdat) < self._limits.bdat_chunk):
                     return Signal.NEED_BODY
-                if self._held or not self._awaiting:
+                if step in _HOLDING or not self._awaiting:
                     self._flush_bdat()
                     continue
                 # a full chunk is waiting for the previous chunk's reply: read it
@@ -487,49 +583,20 @@ class ClientConnection:
             raise LocalProtocolError(f"start_transaction() in state {self.state.name}")
         caps = self.capabilities
         assert caps is not None
-        mail = sender if isinstance(sender, MailFrom) else MailFrom(sender)
-        rcpts = tuple(r if isinstance(r, RcptTo) else RcptTo(r) for r in recipients)
-        if not rcpts:
-            raise LocalProtocolError("a transaction needs at least one recipient")
-        _check_address(mail.address, "sender")
-        if mail.params:
-            _check_params(mail.params)
-        for rcpt in rcpts:
-            _check_address(rcpt.address, "recipient")
-            if rcpt.params:
-                _check_params(rcpt.params)
-        params = {key.upper(): value for key, value in mail.params}
-        body = (params.get("BODY") or "7BIT").upper()
-        if body not in _BODY_NEEDS:
-            raise LocalProtocolError(f"unknown BODY type {body!r}")
-
-        # What this server cannot take: refused here, as outcomes.
-        utf8 = "SMTPUTF8" in caps
+        mail, rcpts, params, body = _checked_envelope(sender, recipients)
         txn = Transaction(mail, rcpts)
         if self._buffer:  # the server spoke while idle: a reply to nothing we sent
             self._txn = txn
             self.state = ClientState.TRANSACTION
             return self._unsolicited()
-        refusal = _unoffered(mail.params, caps) if mail.params else None
-        if not mail.address.isascii() and not utf8:
-            refusal = "the sender's address needs SMTPUTF8, which the server did not offer"
-        if refusal is None and size is not None and caps.size is not None and size > caps.size:
-            refusal = f"the message ({size} octets) is over the server's SIZE limit ({caps.size})"
+
+        # What this server cannot take: refused here, as outcomes.
         if "BODY" not in params and eight_bit is not False and "8BITMIME" in caps:
             params["BODY"] = body = "8BITMIME"
-        if refusal is None and eight_bit and body == "7BIT":
-            refusal = (
-                "the message has 8-bit bytes but BODY=7BIT was declared"
-                if "8BITMIME" in caps
-                else "the message has 8-bit bytes and the server did not offer 8BITMIME"
-            )
-        binary = body == "BINARYMIME"
-        if refusal is None and nul and not binary:
-            refusal = "the message has NUL bytes, which only BODY=BINARYMIME can carry"
-        if refusal is None and binary and "CHUNKING" not in caps:
-            refusal = "BODY=BINARYMIME needs CHUNKING, which the server did not offer"
+        refusal = _refusal(mail, caps, size=size, body=body, eight_bit=eight_bit, nul=nul)
         if refusal is not None:
             txn.refuse(refusal)
+        utf8 = "SMTPUTF8" in caps
         for index, rcpt in enumerate(rcpts):
             why = _unoffered(rcpt.params, caps) if rcpt.params else None
             if not utf8 and not rcpt.address.isascii():
@@ -538,7 +605,8 @@ class ClientConnection:
                 txn.refuse(why, [index])
         if not txn.sent:
             self._events.append(txn.result())  # nothing to send: still READY
-            return
+            return None
+
         if not mail.address.isascii() or not all(rcpts[i].address.isascii() for i in txn.sent):
             params.setdefault("SMTPUTF8", None)
         if size is not None and "SIZE" in caps and "SIZE" not in params:
@@ -550,32 +618,7 @@ class ClientConnection:
             rcpt = rcpts[index]
             tail = write_params(rcpt.params) if rcpt.params else ""
             lines.append(command_line(f"RCPT TO:<{rcpt.address}>{tail}"))
-
-        # Everything is valid: commit.
-        use_bdat = binary or (self._chunking and "CHUNKING" in caps)
-        self._txn = txn
-        self.state = ClientState.TRANSACTION
-        self._encoder = BodyEncoder(
-            dot_stuff=not use_bdat,
-            binary=binary,
-            allow_8bit=body != "7BIT",
-            max_line=None if self._long_lines is LongLines.ALLOW else self._limits.text_line - 2,
-        )
-        self._bdat = bytearray() if use_bdat else None
-        self._body_ended = False
-        self._rset_due = False
-        self._pipelined = "PIPELINING" in caps
-        if self._pipelined:
-            self._awaiting.extend([_Await.MAIL] + [_Await.RCPT] * len(txn.sent))
-            envelope = "".join(line + "\r\n" for line in lines)
-            if use_bdat:
-                self._held = envelope
-                self._body_open = True
-            else:
-                self._command(envelope + "DATA", _Await.DATA)
-        else:
-            self._rcpt_lines = lines[:0:-1]  # reversed, so pop() gives them in order
-            self._command(lines[0], _Await.MAIL)
+        self._begin(txn, caps, lines, body)  # everything is valid: commit
 
     def send_body(self, data: bytes | bytearray | memoryview) -> None:
         """The next piece of the message, after Signal.NEED_BODY. A body this session
@@ -584,7 +627,7 @@ class ClientConnection:
         PERMANENT at Stage.LOCAL and the connection is closed, since the part already
         written cannot be taken back (next_event() gives the result, then
         ConnectionClosed)."""
-        if not self._body_open or self._body_ended:
+        if self._step not in _ASKING:
             raise LocalProtocolError("send_body() when the body was not asked for")
         assert self._encoder is not None
         try:
@@ -599,21 +642,21 @@ class ClientConnection:
 
     def end_body(self) -> None:
         """The message is complete."""
-        if not self._body_open or self._body_ended:
+        step = self._step
+        if step not in _ASKING:
             raise LocalProtocolError("end_body() when the body was not asked for")
-        assert self._encoder is not None and self._txn is not None
+        assert self._encoder is not None
         try:
             tail = self._encoder.finish()
         except LocalProtocolError as exc:
             return self._refuse_body(str(exc))
-        self._body_ended = True
         if self._bdat is None:
             self._out.append(tail)  # never empty for DATA: at least ".\r\n"
-            self._body_open = False
-            self._end_queued = True
+            self._step = _Step.END_QUEUED
             self._awaiting.append(_Await.FINAL)
         else:
             self._bdat += tail
+            self._step = _Step.HELD_ENDED if step is _Step.HELD else _Step.ENDED
 
     def quit(self) -> None:
         """Say QUIT; next_event() then gives ConnectionClosed once the server answered."""
@@ -623,6 +666,34 @@ class ClientConnection:
         self._command("QUIT", _Await.QUIT)
 
     # ---- commands ------------------------------------------------------------------
+
+    def _begin(self, txn: Transaction, caps: Capabilities, lines: list[str], body: str) -> None:
+        """Start `txn`, whose command lines are all valid: with PIPELINING the envelope
+        goes out at once (then DATA, or held for the first BDAT chunk), without it the
+        MAIL command."""
+        binary = body == "BINARYMIME"
+        use_bdat = binary or (self._chunking and "CHUNKING" in caps)
+        self._txn = txn
+        self.state = ClientState.TRANSACTION
+        self._encoder = BodyEncoder(
+            dot_stuff=not use_bdat,
+            binary=binary,
+            allow_8bit=body != "7BIT",
+            max_line=None if self._long_lines is LongLines.ALLOW else self._limits.text_line - 2,
+        )
+        self._bdat = bytearray() if use_bdat else None
+        if "PIPELINING" not in caps:
+            self._step = _Step.ENVELOPE
+            self._rcpt_lines = lines[:0:-1]  # reversed, so pop() gives them in order
+            self._command(lines[0], _Await.MAIL)
+        elif use_bdat:
+            self._step = _Step.HELD
+            self._awaiting.extend([_Await.MAIL] + [_Await.RCPT] * len(txn.sent))
+            self._held = "".join(line + "\r\n" for line in lines)
+        else:
+            self._step = _Step.ENVELOPE
+            self._awaiting.extend([_Await.MAIL] + [_Await.RCPT] * len(txn.sent))
+            self._command("".join(line + "\r\n" for line in lines) + "DATA", _Await.DATA)
 
     def _command(self, line: str, awaiting: _Await) -> None:
         self._out.append((line + "\r\n").encode("utf-8"))
@@ -637,8 +708,13 @@ class ClientConnection:
     def check_envelope(sender: str | MailFrom, recipients: Sequence[str | RcptTo]) -> None:
         """The checks that need no server (address syntax and length, at least one
         recipient): a driver calls this before it connects. start_transaction()
-        repeats them."""
+        repeats them. A str given as the recipients (one address, not a list of them)
+        is a TypeError, since mypy cannot catch it: a str is a Sequence[str] too."""
         _check_address(sender.address if isinstance(sender, MailFrom) else sender, "sender")
+        if isinstance(recipients, str):
+            raise TypeError(
+                f"recipients must be a list of addresses, not a str: pass [{recipients!r}]"
+            )
         if not recipients:
             raise LocalProtocolError("a transaction needs at least one recipient")
         for rcpt in recipients:
@@ -657,11 +733,13 @@ class ClientConnection:
         self._lose(f"message refused locally: {reason}")
 
     def _flush_bdat(self) -> None:
-        """Write the next BDAT chunk, after the held-back envelope if any."""
-        bdat = self._bdat
+        """Write the next BDAT chunk, after the held-back envelope if any: HELD becomes
+        BODY, HELD_ENDED and ENDED become ENDED or, with the last chunk, END_QUEUED."""
+        bdat, step = self._bdat, self._step
         assert bdat is not None and self._txn is not None
         size = self._limits.bdat_chunk
-        last = self._body_ended and len(bdat) <= size
+        ended = step not in _ASKING
+        last = ended and len(bdat) <= size
         chunk = bytes(bdat[:size])
         del bdat[:size]
         head = f"{self._held}BDAT {len(chunk)}{' LAST' if last else ''}\r\n"
@@ -670,79 +748,163 @@ class ClientConnection:
         self._note("C", head)
         self._out.append(chunk)
         if last:
-            self._body_open = False
-            self._end_queued = True
+            self._step = _Step.END_QUEUED
             self._awaiting.append(_Await.BDAT_LAST)
         else:
+            self._step = _Step.ENDED if ended else _Step.BODY
             self._awaiting.append(_Await.BDAT)
 
-    # ---- replies -------------------------------------------------------------------
+    # ---- replies: _REPLIES, at the end of the module, says which method each runs ----
 
     def _on_reply(self, reply: Reply) -> None:
+        """The next reply, applied to what it answers: one lookup in _REPLIES."""
         kind = self._awaiting.popleft()
         self.replies_received += 1
         if self._trace is not None:
             self._trace.append(("S", str(reply)))
-        code = reply.code
-        if kind in _PLAIN and code != 421 and not 300 <= code < 400:
-            # The bulk of a transaction: a 2xx, 4xx or 5xx to MAIL, RCPT, BDAT or after
-            # the data. Everything else (3xx, 421, session replies) goes the long way.
-            return self._on_transaction_reply(kind, reply)
-        if kind is _Await.GREETING:
-            if reply.code != 220:
-                return self._close("the server refused the session", reply)
-            self._command(f"LHLO {self._name}", _Await.LHLO)
-        elif kind is _Await.LHLO:
-            if reply.code // 100 != 2:
-                return self._close("the server refused LHLO", reply)
-            self.capabilities = caps = Capabilities.from_reply(reply)
-            if self._require_starttls and not self._tls:
-                if "STARTTLS" not in caps:
-                    return self._close(
-                        "STARTTLS is required but the server does not offer it", quit=True
-                    )
-                self._command("STARTTLS", _Await.STARTTLS)
-            else:
-                self._become_ready(Ready(caps))
-        elif kind is _Await.STARTTLS:
-            if reply.code != 220:
-                return self._close("the server refused STARTTLS", reply, quit=True)
-            if self._buffer:
-                error = RemoteProtocolError(
-                    "bytes after the 220 reply to STARTTLS (STARTTLS response injection)"
-                )
-                return self._lose(str(error), error=error)
-            self.state = ClientState.TLS_HANDSHAKE
-            self._events.append(StartTls())
-        elif kind is _Await.QUIT:
-            self._close("quit", reply)
-        elif kind is _Await.RSET:
-            self._finish()
-            if reply.code == 421 and self.state is not ClientState.CLOSED:
-                self._lose("the server is closing the connection", reply=reply)
-        elif (
-            (reply.code // 100 == 3 and reply.code != 354)
-            or (kind is _Await.DATA and reply.code < 400 and reply.code != 354)
-            or (kind is not _Await.DATA and reply.code == 354)
-        ):
-            error = RemoteProtocolError(f"a {reply.code} reply cannot answer {kind.name}")
-            self._lose(str(error), error=error)
-        elif reply.code == 421:
-            # The server is going away: take the reply for what it answers, write
-            # nothing more, and settle everyone else as the connection ends.
-            txn = self._txn
-            assert txn is not None
-            if kind is _Await.MAIL:
-                txn.on_mail(reply)
-            elif kind is _Await.RCPT:
-                txn.on_rcpt(reply)
-            elif kind in (_Await.DATA, _Await.BDAT):
-                txn.on_data_failed(reply)
-            elif txn.accepted:  # BDAT_LAST or FINAL: this recipient's own reply
-                txn.on_final(reply)
-            self._lose("the server is closing the connection", reply=reply)
+        _REPLIES[kind][_COLUMN[reply.code - 200]](self, kind, reply)
+
+    def _greeted(self, kind: _Await, reply: Reply) -> None:
+        self._command(f"LHLO {self._name}", _Await.LHLO)
+
+    def _refused(self, kind: _Await, reply: Reply) -> None:
+        """The session, LHLO or STARTTLS refused: closed (after QUIT, for STARTTLS)."""
+        what = "the session" if kind is _Await.GREETING else kind.name  # LHLO, STARTTLS
+        self._close(f"the server refused {what}", reply, quit=kind is _Await.STARTTLS)
+
+    def _hello(self, kind: _Await, reply: Reply) -> None:
+        self.capabilities = caps = Capabilities.from_reply(reply)
+        if not self._require_starttls or self._tls:
+            self._become_ready(Ready(caps))
+        elif "STARTTLS" in caps:
+            self._command("STARTTLS", _Await.STARTTLS)
         else:
-            self._on_transaction_reply(kind, reply)
+            self._close("STARTTLS is required but the server does not offer it", quit=True)
+
+    def _start_tls(self, kind: _Await, reply: Reply) -> None:
+        if self._buffer:
+            error = RemoteProtocolError(
+                "bytes after the 220 reply to STARTTLS (STARTTLS response injection)"
+            )
+            return self._lose(str(error), error=error)
+        self.state = ClientState.TLS_HANDSHAKE
+        self._events.append(StartTls())
+        return None
+
+    def _quitted(self, kind: _Await, reply: Reply) -> None:
+        self._close("quit", reply)
+
+    def _reset(self, kind: _Await, reply: Reply) -> None:
+        self._finish()
+
+    def _reset_closing(self, kind: _Await, reply: Reply) -> None:
+        self._finish()
+        if self.state is not ClientState.CLOSED:  # (a reply ahead of it closed already)
+            self._closing(reply)
+
+    def _mail(self, kind: _Await, reply: Reply) -> None:
+        txn = self._txn
+        assert txn is not None
+        txn.on_mail(reply)
+        if self._awaiting:  # with PIPELINING: the rest went out already
+            return
+        if txn.mail_ok:
+            self._command(self._rcpt_lines.pop(), _Await.RCPT)
+        else:
+            self._finish_transaction(rset=False)
+
+    def _rcpt(self, kind: _Await, reply: Reply) -> None:
+        txn = self._txn
+        assert txn is not None
+        txn.on_rcpt(reply)
+        if self._awaiting:  # with PIPELINING: the rest went out already
+            return
+        if self._rcpt_lines:
+            self._command(self._rcpt_lines.pop(), _Await.RCPT)
+        elif not txn.accepted:
+            self._finish_transaction(rset=True)
+        elif self._bdat is None:
+            self._command("DATA", _Await.DATA)
+        else:
+            self._step = _Step.BODY
+
+    def _go_ahead(self, kind: _Await, reply: Reply) -> None:
+        """354 to DATA: the body is asked for."""
+        txn = self._txn
+        assert txn is not None
+        if not txn.accepted:
+            error = RemoteProtocolError("354 to DATA though no recipient was accepted")
+            return self._lose(str(error), error=error)
+        self._step = _Step.BODY
+        return None
+
+    def _data_refused(self, kind: _Await, reply: Reply) -> None:
+        """DATA or a BDAT chunk refused: the message goes to nobody."""
+        txn = self._txn
+        assert txn is not None
+        txn.on_data_failed(reply)
+        self._finish_transaction(rset=bool(txn.mail_ok))
+
+    def _chunk_taken(self, kind: _Await, reply: Reply) -> None:
+        """A BDAT chunk before the last taken: next_event() writes the next one."""
+        txn = self._txn
+        assert txn is not None
+        if not txn.accepted:  # nobody to deliver to
+            self._data_refused(kind, reply)
+
+    def _last_chunk(self, kind: _Await, reply: Reply) -> None:
+        txn = self._txn
+        assert txn is not None
+        if txn.accepted:  # the first recipient's final reply
+            self._final(kind, reply)
+        else:  # nobody to deliver to: the server answers the chunk once, with a refusal
+            self._finish_transaction(rset=bool(txn.mail_ok))
+
+    def _final(self, kind: _Await, reply: Reply) -> None:
+        """One reply per accepted recipient after the data, in RCPT order."""
+        txn = self._txn
+        assert txn is not None
+        txn.on_final(reply)
+        if txn.finals_due:
+            self._awaiting.appendleft(_Await.FINAL)
+        else:
+            self._finish_transaction(rset=False)
+
+    # A 421 in a transaction: the server is going away. The reply stands for what it
+    # answers; nothing more is written, and everyone else is settled as the connection
+    # ends.
+
+    def _mail_closing(self, kind: _Await, reply: Reply) -> None:
+        assert self._txn is not None
+        self._txn.on_mail(reply)
+        self._closing(reply)
+
+    def _rcpt_closing(self, kind: _Await, reply: Reply) -> None:
+        assert self._txn is not None
+        self._txn.on_rcpt(reply)
+        self._closing(reply)
+
+    def _data_closing(self, kind: _Await, reply: Reply) -> None:
+        assert self._txn is not None
+        self._txn.on_data_failed(reply)
+        self._closing(reply)
+
+    def _final_closing(self, kind: _Await, reply: Reply) -> None:
+        txn = self._txn
+        assert txn is not None
+        if txn.accepted:  # BDAT LAST when nobody was accepted answers only the chunk
+            txn.on_final(reply)
+        self._closing(reply)
+
+    def _closing(self, reply: Reply) -> None:
+        self._lose("the server is closing the connection", reply=reply)
+
+    def _illegal(self, kind: _Await, reply: Reply) -> None:
+        """A reply the command cannot get: the pairing can no longer be trusted."""
+        error = RemoteProtocolError(f"a {reply.code} reply cannot answer {kind.name}")
+        self._lose(str(error), error=error)
+
+    # ---- how a transaction and the session end ---------------------------------------
 
     def _become_ready(self, event: Ready | TransactionResult) -> None:
         # More replies than commands means the pairing can no longer be trusted: a
@@ -753,6 +915,7 @@ class ClientConnection:
         self._events.append(event)
         if self._buffer:
             self._unsolicited()
+        return None
 
     def _ahead(self) -> bool:
         """The buffer's next bytes arrived when every reply due was already in (a 421
@@ -770,55 +933,9 @@ class ClientConnection:
         error = RemoteProtocolError("reply from the server that answers no command")
         self._lose(str(error), error=error)
 
-    def _on_transaction_reply(self, kind: _Await, reply: Reply) -> None:
-        txn = self._txn
-        assert txn is not None
-        if kind is _Await.MAIL:
-            txn.on_mail(reply)
-            if not self._pipelined:
-                if txn.mail_ok:
-                    self._command(self._rcpt_lines.pop(), _Await.RCPT)
-                else:
-                    self._finish_transaction()
-        elif kind is _Await.RCPT:
-            txn.on_rcpt(reply)
-            if not self._pipelined:
-                if self._rcpt_lines:
-                    self._command(self._rcpt_lines.pop(), _Await.RCPT)
-                elif not txn.accepted:
-                    self._rset_due = True
-                    self._finish_transaction()
-                elif self._bdat is None:
-                    self._command("DATA", _Await.DATA)
-                else:
-                    self._body_open = True
-        elif kind is _Await.DATA:
-            if reply.code == 354 and txn.accepted:
-                self._body_open = True
-            elif reply.code == 354:
-                error = RemoteProtocolError("354 to DATA though no recipient was accepted")
-                self._lose(str(error), error=error)
-            else:
-                txn.on_data_failed(reply)
-                self._rset_due = bool(txn.mail_ok)
-                self._finish_transaction()
-        elif kind is _Await.BDAT:
-            if reply.code >= 400 or not txn.accepted:
-                txn.on_data_failed(reply)
-                self._rset_due = bool(txn.mail_ok)
-                self._finish_transaction()
-        elif kind is _Await.BDAT_LAST and not txn.accepted:
-            # Nobody to deliver to: the server answers the chunk once, with a refusal.
-            self._rset_due = bool(txn.mail_ok)
-            self._finish_transaction()
-        else:  # BDAT_LAST with recipients, or FINAL: one reply per accepted recipient
-            txn.on_final(reply)
-            if txn.finals_due:
-                self._awaiting.appendleft(_Await.FINAL)
-            else:
-                self._finish_transaction()
-
-    def _finish_transaction(self) -> None:
+    def _finish_transaction(self, *, rset: bool) -> None:
+        """Every reply of the transaction is in: it ends, after an RSET if `rset` (the
+        server holds a transaction open)."""
         assert not self._awaiting, "a transaction ends only when every reply is in"
         # Every reply due is in: whatever else was received came before anything more
         # (an RSET) was written, whatever its stretch was stamped with.
@@ -829,15 +946,17 @@ class ClientConnection:
                 arrivals[index] = (end, min(due, received))
         else:
             self._due = self.replies_received
-        self._body_open = False
         self._bdat = None
         self._held = ""
         self._rcpt_lines = []
-        if self._rset_due:
-            self._rset_due = False
-            self._command("RSET", _Await.RSET)
-        else:
-            self._finish()
+        if not rset:
+            return self._finish()
+        # An end of data still queued (a server that answered it before it was written)
+        # stays END_QUEUED, to be withdrawn if the connection ends before it goes out.
+        if self._step is not _Step.END_QUEUED:
+            self._step = _Step.RSET
+        self._command("RSET", _Await.RSET)
+        return None
 
     def _finish(self) -> None:
         txn = self._txn
@@ -849,7 +968,7 @@ class ClientConnection:
             txn.distrust("more replies came than were due: the pairing cannot be trusted")
         self._txn = None
         self._encoder = None
-        self._end_queued = self._end_in_last = False
+        self._step = _Step.NONE
         self._become_ready(txn.result())
 
     def _close(self, reason: str, reply: Reply | None = None, *, quit: bool = False) -> None:
@@ -864,14 +983,72 @@ class ClientConnection:
         self, reason: str, *, reply: Reply | None = None, error: RemoteProtocolError | None = None
     ) -> None:
         txn = self._txn
-        if self._end_queued:  # withdrawn: it must not reach the server after this
+        if self._step is _Step.END_QUEUED:  # withdrawn: it must not reach the server now
             self._out.clear()
-            self._end_queued = False
         if txn is not None:
             txn.lost(reason)
             self._events.append(txn.result())
             self._txn = None
         self.state = ClientState.CLOSED
         self._awaiting.clear()
-        self._body_open = False
+        self._step = _Step.NONE
         self._events.append(ConnectionClosed(reason, reply, error))
+
+
+# ---- the reply table ------------------------------------------------------------------
+
+#: What a reply does: a method of ClientConnection, given what the reply answers and the
+#: reply.
+_Action = Callable[[ClientConnection, _Await, Reply], None]
+
+# The columns of _REPLIES, the reply codes a client tells apart: 220, any other 2xx, 354,
+# any other 3xx, 421, and any other 4xx or 5xx.
+_READY, _OK, _GO, _INTERIM, _CLOSING, _FAILED = range(6)
+
+
+def _column(code: int) -> int:
+    special = {220: _READY, 354: _GO, 421: _CLOSING}
+    return special.get(code, (_OK, _INTERIM, _FAILED, _FAILED)[code // 100 - 2])
+
+
+#: The column of each code the reader lets through (200 to 559), at code - 200.
+_COLUMN: Final = tuple(_column(code) for code in range(200, 600))
+
+
+def _row(
+    *,
+    ready: _Action | None = None,
+    ok: _Action | None = None,
+    go: _Action | None = None,
+    closing: _Action | None = None,
+    failed: _Action | None = None,
+    otherwise: _Action = ClientConnection._illegal,
+) -> tuple[_Action, ...]:
+    """A row of _REPLIES, its columns in order: `ready` is 220, `ok` any 2xx (220 too,
+    unless `ready` is named), `go` 354, `closing` 421, `failed` any other 4xx or 5xx.
+    A code not named does `otherwise`: by default, a RemoteProtocolError."""
+    ok = ok or otherwise
+    return (ready or ok, ok, go or otherwise, otherwise, closing or otherwise, failed or otherwise)
+
+
+_C = ClientConnection  # (short, for the table)
+
+#: The client, read as a table: for each thing awaited, the reply codes it may get and
+#: what each does. Any other code: a RemoteProtocolError (_illegal), but where
+#: `otherwise` gives what every code not named does.
+_REPLIES: Final[dict[_Await, tuple[_Action, ...]]] = {
+    # The session: a refusal closes it (after QUIT, for STARTTLS).
+    _Await.GREETING: _row(ready=_C._greeted, otherwise=_C._refused),
+    _Await.LHLO: _row(ok=_C._hello, otherwise=_C._refused),
+    _Await.STARTTLS: _row(ready=_C._start_tls, otherwise=_C._refused),
+    # A transaction: each reply settles outcomes (Transaction); 421 closes (_*_closing).
+    _Await.MAIL: _row(ok=_C._mail, failed=_C._mail, closing=_C._mail_closing),
+    _Await.RCPT: _row(ok=_C._rcpt, failed=_C._rcpt, closing=_C._rcpt_closing),
+    _Await.DATA: _row(go=_C._go_ahead, failed=_C._data_refused, closing=_C._data_closing),
+    _Await.BDAT: _row(ok=_C._chunk_taken, failed=_C._data_refused, closing=_C._data_closing),
+    _Await.BDAT_LAST: _row(ok=_C._last_chunk, failed=_C._last_chunk, closing=_C._final_closing),
+    _Await.FINAL: _row(ok=_C._final, failed=_C._final, closing=_C._final_closing),
+    # Whatever the code: the transaction's result (then closed, on 421), or closed.
+    _Await.RSET: _row(otherwise=_C._reset, closing=_C._reset_closing),
+    _Await.QUIT: _row(otherwise=_C._quitted),
+}

@@ -41,7 +41,7 @@ Params = tuple[tuple[str, "str | None"], ...]
 class Signal(enum.Enum):
     """What next_event() returns when there is no event yet."""
 
-    #: Read from the transport and call receive_data() (b"" at end of file).
+    #: Read from the transport and call receive_data() (receive_eof() at end of file).
     NEED_DATA = "need_data"
     #: Client: call send_body() with the next piece of the message, or end_body().
     NEED_BODY = "need_body"

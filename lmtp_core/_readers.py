@@ -47,14 +47,7 @@ class ReplyReader:
             if match is None:
                 raise RemoteProtocolError(f"malformed reply line {line[:80]!r}")
             code, sep, raw = match.group("code", "sep", "text")
-            if raw is None:
-                text = ""
-            elif raw.isascii():
-                text = raw.decode("ascii")
-            else:
-                text = raw.decode("utf-8", "replace")
-                if not REPLY_TEXT.fullmatch(text):
-                    raise RemoteProtocolError(f"control character in reply line {line[:80]!r}")
+            text = "" if raw is None else raw.decode("ascii") if raw.isascii() else _utf8(raw, line)
             lines = self._lines
             if not lines:
                 if sep != b"-":  # the common case: a one-line reply
@@ -70,6 +63,15 @@ class ReplyReader:
             if sep != b"-":
                 self._lines = []
                 return _make_reply(code, lines)
+
+
+def _utf8(raw: bytes, line: bytes) -> str:
+    """Reply text with 8-bit bytes: UTF-8 (U+FFFD where it is not), no control
+    characters, C1 included (`line` is the whole line, for the message)."""
+    text = raw.decode("utf-8", "replace")
+    if not REPLY_TEXT.fullmatch(text):
+        raise RemoteProtocolError(f"control character in reply line {line[:80]!r}")
+    return text
 
 
 def _make_reply(code: bytes, lines: list[str]) -> Reply:

@@ -5,13 +5,18 @@ How it works:
 - ``.. lmtp-settings:: client`` (or pool, server, timeouts, limits) renders one table
   row per setting. The names, types and defaults are read from the code (the settings
   TypedDicts, the functions and dataclasses that apply the defaults); the meaning of
-  each comes from the directive's content, a definition list. A setting the code has
-  and the page does not describe, or the reverse, is a warning, so `sphinx-build -W`
-  fails until the page is brought up to date.
+  each comes from the directive's content, a definition list whose terms give the
+  default too, as a classifier (``handler_threads : 4``), so that the page says it
+  where it is read as it is, in the repository. A setting the code has and the page
+  does not describe, or the reverse, or a default the page gives other than the code's
+  (or does not give), is a warning, so `sphinx-build -W` fails until the page is
+  brought up to date.
 - ``.. lmtp-help:: send`` shows the text of ``lmtp send --help`` as the parser prints
-  it, 88 columns wide.
+  it, 88 columns wide. Its content is that text as the page says it; a text other than
+  the parser's (or none) is a warning, as above.
 - ``.. lmtp-options:: send`` renders one row per option of that subcommand, with its
-  default, from the parser; the meanings come from the content, checked as above.
+  default, from the parser; the meanings and the defaults come from the content,
+  checked as above (``--port : 2424``).
 - Type hints name classes by the private module that defines them
   (``transports._config.ClientSettings``); a missing-reference handler resolves those
   to the public name (``transports.ClientSettings``) when that is documented.
@@ -119,9 +124,11 @@ class SettingsTable(SphinxDirective):
             settings = _settings(kind)
         except (ImportError, ValueError) as exc:
             raise self.error(f"lmtp-settings: {exc}") from exc
-        meanings = _definitions(self)
+        meanings, written = _definitions(self)
         names = [name for name, _, _ in settings]
         _check(self, f"lmtp-settings {kind}", names, meanings)
+        defaults = {name: _default_text(default) for name, _, default in settings}
+        _check_defaults(self, f"lmtp-settings {kind}", defaults, written)
         rows = [
             (_literal_cell(name, _type_text(hint)), _literal_cell(_default_text(default)))
             for name, hint, default in settings
@@ -129,16 +136,50 @@ class SettingsTable(SphinxDirective):
         return [_table("setting", rows, names, meanings, self.options.get("class", []))]
 
 
-def _definitions(directive: SphinxDirective) -> dict[str, list[nodes.Node]]:
-    """The directive's content, a definition list, as term -> definition nodes."""
+def _definitions(
+    directive: SphinxDirective,
+) -> tuple[dict[str, list[nodes.Node]], dict[str, str | None]]:
+    """The directive's content, a definition list: term -> definition nodes, and term
+    -> the default its classifier gives (``name : default``), or None."""
     holder = nodes.container()
     directive.state.nested_parse(directive.content, directive.content_offset, holder)
     meanings: dict[str, list[nodes.Node]] = {}
+    written: dict[str, str | None] = {}
     for item in holder.findall(nodes.definition_list_item):
         term = item.next_node(nodes.term).astext().strip("` ")
         definition = item.next_node(nodes.definition)
         meanings[term] = list(definition.children)
-    return meanings
+        classifiers = [child for child in item.children if isinstance(child, nodes.classifier)]
+        written[term] = classifiers[0].astext().strip("` ") if classifiers else None
+    return meanings, written
+
+
+def _check_defaults(
+    directive: SphinxDirective, what: str, defaults: dict[str, str], written: dict[str, str | None]
+) -> None:
+    """Warn for each default the page does not give, or gives other than the code."""
+    for name, default in defaults.items():
+        if name not in written:
+            continue  # _check() warned
+        said = written[name]
+        if said is None:
+            log.warning(
+                "%s: the page does not give the default of %s (write it as '%s : %s')",
+                what,
+                name,
+                name,
+                default,
+                location=directive.get_location(),
+            )
+        elif said != default:
+            log.warning(
+                "%s: the page says %s defaults to %s; the code says %s",
+                what,
+                name,
+                said,
+                default,
+                location=directive.get_location(),
+            )
 
 
 def _check(
@@ -218,14 +259,25 @@ def help_text(args: list[str]) -> str:
 
 
 class CliHelp(SphinxDirective):
-    """``.. lmtp-help:: [SUBCOMMAND]``: the parser's own --help text."""
+    """``.. lmtp-help:: [SUBCOMMAND]``: the parser's own --help text; the content is
+    the text as the page gives it, which must be the same."""
 
     optional_arguments = 1
+    has_content = True
 
     def run(self) -> list[nodes.Node]:
+        command = " ".join(["lmtp", *self.arguments, "--help"])
         text = help_text(list(self.arguments))
         if not text:
-            raise self.error(f"lmtp {' '.join(self.arguments)} --help printed nothing")
+            raise self.error(f"{command} printed nothing")
+        said = "\n".join(line.rstrip() for line in self.content).strip("\n")
+        if said != "\n".join(line.rstrip() for line in text.splitlines()):
+            log.warning(
+                "lmtp-help: the page's text of `%s` is not what the parser prints; it is:\n%s",
+                command,
+                text,
+                location=self.get_location(),
+            )
         block = nodes.literal_block(text, text)
         block["language"] = "text"
         return [block]
@@ -286,9 +338,11 @@ class CliOptions(SphinxDirective):
             actions = _cli_actions(command)
         except (ImportError, ValueError) as exc:
             raise self.error(f"lmtp-options: {exc}") from exc
-        meanings = _definitions(self)
+        meanings, written = _definitions(self)
         names = [_option_name(action) for action in actions]
         _check(self, f"lmtp-options {command}", names, meanings)
+        defaults = {_option_name(action): _option_default(action) for action in actions}
+        _check_defaults(self, f"lmtp-options {command}", defaults, written)
         rows = [
             (_literal_cell(_option_text(action)), _literal_cell(_option_default(action)))
             for action in actions

@@ -34,7 +34,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmtp_core import LocalProtocolError, RecipientResult, Reply, Status, TransactionResult
+from lmtp_core import (
+    LocalProtocolError,
+    Params,
+    RecipientResult,
+    Reply,
+    Status,
+    TransactionResult,
+)
 from transports import Envelope, Handler, LMTPError, PoolSettings, Timeouts, blocking
 
 log = logging.getLogger("lmtp_adapter")
@@ -160,7 +167,7 @@ def _parser() -> argparse.ArgumentParser:
 class _TestPolicy(Handler):
     """The self-test's server: refuses nobody@ at RCPT and full@ after the data."""
 
-    def rcpt_to(self, recipient: str, params: object) -> Reply | None:
+    def rcpt_to(self, recipient: str, params: Params) -> Reply | None:
         return Reply(550, "5.1.1", "No such user") if recipient.startswith("nobody@") else None
 
     def deliver(self, envelope: Envelope) -> list[Reply | None]:
@@ -168,12 +175,21 @@ class _TestPolicy(Handler):
         return [full if r.startswith("full@") else None for r in envelope.recipients]
 
 
+class _Records(logging.Handler):
+    """Keeps the log records, for the self-test to check."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 def self_test() -> int:
     """Deliver to a server started here; 0 if the outcomes and the log are right."""
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
-    log.addHandler(handler)
+    records = _Records()
+    log.addHandler(records)
     with tempfile.TemporaryDirectory(prefix="lmtp-adapter-") as directory:
         path = str(Path(directory) / "lmtp.sock")
         with (
@@ -187,7 +203,8 @@ def self_test() -> int:
                 b"Subject: 2\r\n\r\n2\r\n",
             )
             sent = backend.send_messages([good, partial])
-    logged = [record.getMessage() for record in records]
+    log.removeHandler(records)
+    logged = [record.getMessage() for record in records.records]
     for line in logged:
         print(line)
     expected = [

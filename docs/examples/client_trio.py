@@ -4,6 +4,7 @@ Start a receiver first (see the tutorial), then run: python client_trio.py [SOCK
 """
 
 import sys
+from collections.abc import AsyncIterator
 
 import trio
 
@@ -14,7 +15,7 @@ SENDER = "bounces@example.net"
 MESSAGE = b"Subject: Hello\r\n\r\nHello over LMTP, from trio.\r\n"
 
 
-async def pieces():  # an async iterable of bytes: the async drivers accept one
+async def pieces() -> AsyncIterator[bytes]:  # an async iterable: the async drivers take one
     for line in (b"Subject: Streamed\r\n", b"\r\n", b"Sent piece by piece.\r\n"):
         yield line
         await trio.sleep(0)

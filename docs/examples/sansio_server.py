@@ -26,6 +26,8 @@ from lmtp_core import (
 )
 
 MAILBOXES = {"alice@example.org", "bob@example.org"}
+#: Seconds a read or write may wait: a silent client cannot hold the server for ever.
+IDLE_TIMEOUT = 300.0
 
 
 def serve_one(sock: socket.socket, store: dict[str, list[bytes]]) -> None:
@@ -90,13 +92,17 @@ def main() -> None:
             while True:
                 sock, _ = listener.accept()
                 with sock:
-                    serve_one(sock, store)
-                print({recipient: len(messages) for recipient, messages in store.items()})
+                    sock.settimeout(IDLE_TIMEOUT)  # every wait bounded
+                    try:
+                        serve_one(sock, store)
+                    except OSError as exc:  # the client went away or fell silent
+                        print("connection lost:", exc)
         except KeyboardInterrupt:
             pass
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(path)
+    print("stored:", {recipient: len(messages) for recipient, messages in store.items()})
 
 
 if __name__ == "__main__":

@@ -1,14 +1,14 @@
 """Receive mail with the asyncio driver; the handler's methods may be async.
 
 Run: python server_asyncio.py [SOCKET_PATH], then deliver to that socket
-(/tmp/lmtp-tutorial.sock by default); Ctrl-C stops it.
+(/tmp/lmtp-tutorial.sock by default); Ctrl-C stops it gracefully.
 """
 
 import asyncio
 import contextlib
 import sys
 
-from lmtp_core import Reply
+from lmtp_core import Params, Reply
 from transports import Envelope, Handler
 from transports import asyncio as lmtp_asyncio
 
@@ -21,7 +21,7 @@ class Inbox(Handler):
     def __init__(self, queue: asyncio.Queue[tuple[str, bytes]]) -> None:
         self.queue = queue
 
-    async def rcpt_to(self, recipient: str, params: tuple) -> Reply | None:
+    async def rcpt_to(self, recipient: str, params: Params) -> Reply | None:
         if not recipient.endswith("@example.org"):
             return Reply(550, "5.1.2", "We do not relay")
         return None
@@ -44,7 +44,10 @@ async def main() -> None:
     consumer = asyncio.create_task(consume(queue))
     async with lmtp_asyncio.Server(Inbox(queue), socket_path=SOCKET) as server:
         print("listening on", server.address)
-        await server.serve_forever()  # until cancelled, or until server.close()
+        # Until cancelled (Ctrl-C under asyncio.run() cancels this task), or until
+        # `await server.close()`; leaving the block stops the server gracefully: 421
+        # to idle sessions, `grace` seconds for transactions in flight.
+        await server.serve_forever()
     consumer.cancel()
 
 

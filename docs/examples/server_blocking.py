@@ -1,13 +1,13 @@
 """Receive mail with the blocking driver: a Handler decides, the Server does the rest.
 
 Run: python server_blocking.py [SOCKET_PATH], then deliver to that socket
-(/tmp/lmtp-tutorial.sock by default); Ctrl-C stops it.
+(/tmp/lmtp-tutorial.sock by default); Ctrl-C stops it gracefully.
 """
 
 import sys
 import threading
 
-from lmtp_core import Reply
+from lmtp_core import Params, Reply
 from transports import Envelope, Handler, blocking
 
 SOCKET = sys.argv[1] if len(sys.argv) > 1 else "/tmp/lmtp-tutorial.sock"
@@ -21,10 +21,10 @@ class Mailboxes(Handler):
         self.boxes: dict[str, list[bytes]] = {address: [] for address in addresses}
         self.lock = threading.Lock()  # each session runs in a thread of its own
 
-    def mail_from(self, sender: str, params: tuple) -> Reply | None:
+    def mail_from(self, sender: str, params: Params) -> Reply | None:
         return None  # None accepts (250 2.1.0); "" is the null sender <>
 
-    def rcpt_to(self, recipient: str, params: tuple) -> Reply | None:
+    def rcpt_to(self, recipient: str, params: Params) -> Reply | None:
         if recipient.lower() not in self.boxes:
             return Reply(550, "5.1.1", "No such user here")
         return None  # accepted (250 2.1.5)

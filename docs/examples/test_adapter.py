@@ -15,12 +15,12 @@ from lmtp_core import Reply, Stage, Status
 from transports import ConnectError
 from transports import asyncio as lmtp_asyncio
 from transports import trio as lmtp_trio
-from transports.pytest_plugin import LMTPTestServer
+from transports.pytest_plugin import LMTPTCPTestServer, LMTPUnixTestServer
 
 MESSAGE = b"Subject: Welcome\r\n\r\nHello.\r\n.A line that starts with a dot.\r\n"
 
 
-def test_a_message_arrives(lmtp_server: LMTPTestServer) -> None:
+def test_a_message_arrives(lmtp_server: LMTPUnixTestServer) -> None:
     with LMTPBackend(socket_path=lmtp_server.socket_path) as backend:
         sent = backend.send_messages(
             [OutgoingMessage("app@example.net", ["alice@example.org"], MESSAGE)]
@@ -34,7 +34,7 @@ def test_a_message_arrives(lmtp_server: LMTPTestServer) -> None:
 
 
 def test_partial_failure_is_logged_per_recipient(
-    lmtp_server: LMTPTestServer, caplog: pytest.LogCaptureFixture
+    lmtp_server: LMTPUnixTestServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     lmtp_server.reject("nobody@example.org")  # 550 5.1.1 at RCPT
     lmtp_server.fail("full@example.org")  # accepted, then 452 4.2.2 after the data
@@ -62,13 +62,13 @@ def test_partial_failure_is_logged_per_recipient(
     assert received.delivered == ["alice@example.org"]
 
 
-def test_no_server_means_an_exception(lmtp_server: LMTPTestServer) -> None:
+def test_no_server_means_an_exception(lmtp_server: LMTPUnixTestServer) -> None:
     backend = LMTPBackend(socket_path=lmtp_server.socket_path + ".missing")
     with pytest.raises(ConnectError, match="cannot connect"):
         backend.send(OutgoingMessage("app@example.net", ["a@example.org"], MESSAGE))
 
 
-def test_tcp_and_the_async_runtimes(lmtp_server_tcp: LMTPTestServer) -> None:
+def test_tcp_and_the_async_runtimes(lmtp_server_tcp: LMTPTCPTestServer) -> None:
     # The server runs in a thread, so asyncio and trio code needs no async test plugin.
     settings = lmtp_server_tcp.settings  # {"host": "127.0.0.1", "port": ...}
 
