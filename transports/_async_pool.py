@@ -203,10 +203,9 @@ class AsyncPool:
         finally:  # cancelled or interrupted: what is left is closed at once, without QUIT
             with self._mutex:
                 idle, self._idle = idle + self._idle, []
-            for connection, _ in idle:
-                await connection.aclose(quit=False)
-            for _ in range(taken):
+            for _ in range(taken):  # before any await, which may be cancelled again
                 self._slots.release()
+            await _close_at_once(idle)
 
     # ---- checkout and checkin -----------------------------------------------------
 
@@ -362,8 +361,21 @@ class AsyncPool:
                 log.debug("[%s] idle for too long: closing", connection.id)
                 await connection.aclose(deadline=deadline)
         finally:  # cancelled (the pool is closing): the rest at once
-            for connection, _ in stale:
-                await connection.aclose(quit=False)
+            await _close_at_once(stale)
+
+
+async def _close_at_once(connections: list[tuple[AsyncConnection, float]]) -> None:
+    """Close each without QUIT, every one even if closing one raises: under trio a
+    close inside a cancelled scope closes and then raises Cancelled again. The first
+    such exception is raised once all are closed."""
+    error: BaseException | None = None
+    for connection, _ in connections:
+        try:
+            await connection.aclose(quit=False)
+        except BaseException as exc:
+            error = error or exc
+    if error is not None:
+        raise error
 
 
 class _Retry:

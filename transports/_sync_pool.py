@@ -205,10 +205,9 @@ class SyncPool:
         finally:  # cancelled or interrupted: what is left is closed at once, without QUIT
             with self._mutex:
                 idle, self._idle = idle + self._idle, []
-            for connection, _ in idle:
-                connection.close(quit=False)
-            for _ in range(taken):
+            for _ in range(taken):  # before any await, which may be cancelled again
                 self._slots.release()
+            _close_at_once(idle)
 
     # ---- checkout and checkin -----------------------------------------------------
 
@@ -364,8 +363,21 @@ class SyncPool:
                 log.debug("[%s] idle for too long: closing", connection.id)
                 connection.close(deadline=deadline)
         finally:  # cancelled (the pool is closing): the rest at once
-            for connection, _ in stale:
-                connection.close(quit=False)
+            _close_at_once(stale)
+
+
+def _close_at_once(connections: list[tuple[SyncConnection, float]]) -> None:
+    """Close each without QUIT, every one even if closing one raises: under trio a
+    close inside a cancelled scope closes and then raises Cancelled again. The first
+    such exception is raised once all are closed."""
+    error: BaseException | None = None
+    for connection, _ in connections:
+        try:
+            connection.close(quit=False)
+        except BaseException as exc:
+            error = error or exc
+    if error is not None:
+        raise error
 
 
 class _Retry:
