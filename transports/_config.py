@@ -351,6 +351,10 @@ class ClientConfig:
         server_hostname = opts.get("server_hostname")
         if server_hostname is not None and not isinstance(server_hostname, str):
             raise ConfigurationError("ssl_opts server_hostname must be a string")
+        if server_hostname is not None and not _hostname_ok(server_hostname):
+            raise ConfigurationError(
+                f"ssl_opts server_hostname {server_hostname!r} is not a host name"
+            )
         if ssl or starttls:
             context = ssl_context or _client_context(opts)
             if server_hostname is None and socket_path is None:
@@ -458,6 +462,19 @@ def _opt_str(opts: Mapping[str, object], key: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise ConfigurationError(f"ssl_opts {key} must be a string")
     return value
+
+
+def _hostname_ok(name: str) -> bool:
+    """What ssl itself accepts as server_hostname (not empty, no leading dot, IDNA),
+    checked here: ssl finds out only while it sets TLS up, and the blocking driver's
+    socket was by then in an SSLSocket that no one could close."""
+    if not name or name.startswith("."):
+        return False
+    try:
+        name.encode("idna")
+    except UnicodeError:
+        return False
+    return True
 
 
 def server_context(certfile: str, keyfile: str | None = None) -> _ssl.SSLContext:

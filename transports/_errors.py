@@ -89,8 +89,8 @@ def _reason(exc: BaseException) -> str:
     cause = exc.__cause__
     grouped = cause.exceptions if isinstance(cause, BaseExceptionGroup) else ()
     for candidate in (exc, cause, *grouped):  # a group holds one error per address tried
-        if isinstance(candidate, ssl.SSLError):
-            return str(candidate.reason or candidate)
+        if isinstance(candidate, ssl.SSLError):  # .reason: only the C module's have one
+            return str(getattr(candidate, "reason", None) or candidate)
         if isinstance(candidate, OSError) and candidate.errno and candidate.errno > 0:
             return os.strerror(candidate.errno)  # asyncio's own strerror is less plain
         if isinstance(candidate, OSError) and candidate.strerror:
