@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -56,10 +57,18 @@ print("returned", name, os.path.exists(path))
 """
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def child(runtime: str, how: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     path = str(tmp_path / "lmtp.sock")
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(CHILD), runtime, how, path],
+        # SIGINT as Python starts it in a terminal, whatever the runner left (a shell's
+        # background job ignores it, and an ignored SIGINT stays ignored in a child).
+        preexec_fn=_sigint_default,
         cwd=ROOT,
         capture_output=True,
         text=True,
