@@ -183,7 +183,11 @@ class StreamPair:
 
 
 class SocketStream(PlainStream):
-    """A client's plain (not TLS) connection, tried first (_plain.py). When it must wait
+    """A client's plain (not TLS) connection, tried first (_plain.py). Measured against
+    asyncio's own streams (StreamPair over a plain socket) it saves nothing (within
+    2.3 % of the client's CPU either way; benchmarks/bench_primitives.py, RESULTS.md
+    2026-12-08), under the 5 % a hand-made piece must pay: it is to be replaced by
+    StreamPair. Its reader does pay against loop.sock_recv() (20 to 28 %). When it must wait
     for bytes it registers a reader with the loop that reads for itself, as asyncio's
     own transports do, and keeps it: registering and removing a reader for every wait
     cost about a fifth of the client's CPU per delivery. What the reader read waits in
